@@ -1,0 +1,249 @@
+"""Registry of layers and their interchangeable implementations.
+
+A *layer* says what is computed: its parameter schema, how to build seeded inputs, its reference,
+and its FLOP and byte formulas. An *implementation* says how: one pure function, registered with
+``@register_impl(layer, name, ...)`` and returned unchanged so tests can call it directly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+Params = Mapping[str, int]
+MODES = ("fwd", "fwdbwd")
+DEVICES = ("cpu", "cuda", "mps")
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+DTYPE_NAMES = {"float32": torch.float32, "float64": torch.float64,
+               "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class CaseInputs:
+    """Everything one call of an implementation takes.
+
+    ``tensors`` and ``static`` are passed as keyword arguments (``fn(**tensors, **static)``).
+    ``grad`` names the tensors that receive a gradient in ``fwdbwd`` mode; ``state`` names
+    tensors the layer updates in place (e.g. BatchNorm running statistics), compared after the
+    call.
+    """
+
+    tensors: dict[str, Tensor]
+    static: dict[str, Any] = field(default_factory=dict)
+    grad: tuple[str, ...] = ()
+    state: tuple[str, ...] = ()
+
+    def to(self, dtype: torch.dtype, device: torch.device | str) -> CaseInputs:
+        """Floating tensors cast to ``dtype`` and moved to ``device``; others only moved."""
+        moved = {
+            name: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+            for name, t in self.tensors.items()
+        }
+        return CaseInputs(moved, dict(self.static), self.grad, self.state)
+
+    def clone(self) -> CaseInputs:
+        return CaseInputs({n: t.detach().clone() for n, t in self.tensors.items()},
+                          dict(self.static), self.grad, self.state)
+
+
+class Layer(ABC):
+    """One operation of the course notes, with its parameter schema and analytical costs."""
+
+    name: str
+    title: str
+    params: tuple[str, ...]
+    #: short prefix of each parameter in case labels, e.g. ``{"C_in": "Cin"}``
+    labels: ClassVar[Mapping[str, str]] = {}
+
+    def label(self, params: Params) -> str:
+        """A short stable label such as ``N64_Cin1_Cout8_H28_W28_k3_s1_p0``."""
+        return "_".join(f"{self.labels.get(p, p)}{params[p]}" for p in self.params)
+
+    def check(self, params: Params) -> None:
+        """Raise ``ValueError`` with a one-line reason if ``params`` make no sense."""
+        missing = [p for p in self.params if p not in params]
+        if missing:
+            raise ValueError(f"{self.name}: missing size parameter(s) {', '.join(missing)}")
+        unknown = [p for p in params if p not in self.params]
+        if unknown:
+            raise ValueError(f"{self.name}: unknown size parameter(s) {', '.join(unknown)}; "
+                             f"expected {', '.join(self.params)}")
+
+    @abstractmethod
+    def make_inputs(self, params: Params, generator: torch.Generator) -> CaseInputs:
+        """Seeded random inputs and weights in float64 on the CPU (never zeros or constants)."""
+
+    @abstractmethod
+    def reference(self, **kwargs: Any) -> Tensor:
+        """The reference computation; called with float64 CPU inputs."""
+
+    @abstractmethod
+    def flops(self, params: Params, mode: str) -> int:
+        """Dense floating-point operations of one call (a multiply-add counts 2)."""
+
+    @abstractmethod
+    def bytes_moved(self, params: Params, dtype: torch.dtype, mode: str) -> int:
+        """Minimum memory traffic: each input, weight, output (and gradient) touched once."""
+
+    @abstractmethod
+    def calibration_params(self, params: Params) -> dict[str, int]:
+        """A much smaller size of the same structure, to measure a naive loop's cost cheaply."""
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One registered way to compute a layer."""
+
+    layer: str
+    name: str
+    fn: Callable[..., Any]
+    devices: frozenset[str]
+    dtypes: frozenset[torch.dtype]
+    modes: frozenset[str]
+    naive: bool
+    compilable: bool
+    source: str
+
+    @property
+    def description(self) -> str:
+        return (inspect.getdoc(self.fn) or "").split("\n")[0]
+
+    def unsupported(self, device: str, dtype: torch.dtype, mode: str, compile_mode: str) -> str:
+        """Why this implementation cannot run the combination, or ``""`` if it can."""
+        if torch.device(device).type not in self.devices:
+            return f"{self.name} does not support device {device}"
+        if dtype not in self.dtypes:
+            return f"{self.name} does not support dtype {dtype_name(dtype)}"
+        if mode not in self.modes:
+            return f"{self.name} does not support mode {mode}"
+        if compile_mode != "none" and not self.compilable:
+            return (f"{self.name} is not compiled: torch.compile would trace and unroll "
+                    "every Python loop iteration")
+        return ""
+
+
+class Registry:
+    """Layers by name, and their implementations by ``(layer, name)``."""
+
+    def __init__(self) -> None:
+        self._layers: dict[str, Layer] = {}
+        self._impls: dict[str, dict[str, Impl]] = {}
+
+    def add_layer(self, layer: Layer) -> Layer:
+        if layer.name in self._layers:
+            raise ValueError(f"layer {layer.name!r} is already registered")
+        self._layers[layer.name] = layer
+        self._impls[layer.name] = {}
+        return layer
+
+    def add_impl(self, impl: Impl) -> None:
+        if impl.layer not in self._layers:
+            raise ValueError(f"{impl.source}: unknown layer {impl.layer!r} "
+                             f"(choose from {', '.join(self._layers)})")
+        if impl.name in self._impls[impl.layer]:
+            raise ValueError(f"{impl.source}: implementation {impl.layer}/{impl.name} "
+                             "is already registered")
+        self._impls[impl.layer][impl.name] = impl
+
+    def layer(self, name: str) -> Layer:
+        if name not in self._layers:
+            raise KeyError(f"unknown layer {name!r} (choose from {', '.join(self._layers)})")
+        return self._layers[name]
+
+    def layers(self) -> list[Layer]:
+        return list(self._layers.values())
+
+    def impls(self, layer: str) -> list[Impl]:
+        return list(self._impls[self.layer(layer).name].values())
+
+    def impl(self, layer: str, name: str) -> Impl:
+        impls = self._impls[self.layer(layer).name]
+        if name not in impls:
+            raise KeyError(f"unknown implementation {name!r} of {layer} "
+                           f"(choose from {', '.join(impls)})")
+        return impls[name]
+
+    def load_file(self, path: str | Path) -> list[Impl]:
+        """Import a user's Python file; return the implementations it registered.
+
+        Raises ``ValueError`` with a one-line reason when the file does not import or registers
+        nothing.
+        """
+        path = Path(path)
+        before = {(i.layer, i.name) for layer in self._impls.values() for i in layer.values()}
+        if not path.is_file():
+            raise ValueError(f"--impl-file {path}: no such file")
+        module_name = f"layerbench_user_{path.stem}_{abs(hash(path.resolve()))}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"--impl-file {path}: not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise ValueError(f"--impl-file {path} does not import: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        added = [i for layer in self._impls.values() for i in layer.values()
+                 if (i.layer, i.name) not in before]
+        if not added:
+            raise ValueError(f"--impl-file {path} registers no implementation "
+                             "(decorate a function with @register_impl(layer, name))")
+        return added
+
+
+REGISTRY = Registry()
+
+
+def register_layer(layer: Layer) -> Layer:
+    """Add a layer instance to the registry; returns it."""
+    return REGISTRY.add_layer(layer)
+
+
+def register_impl(
+    layer: str,
+    name: str,
+    *,
+    devices: tuple[str, ...] = DEVICES,
+    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES,
+    modes: tuple[str, ...] = MODES,
+    naive: bool = False,
+    compilable: bool | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn`` as implementation ``name`` of ``layer``; the function is returned unchanged.
+
+    Args:
+        devices, dtypes, modes: what the implementation supports; other combinations are
+            recorded as ``skipped`` with the reason.
+        naive: a slow Python-loop implementation; its cost is predicted before it runs so a case
+            over the time budget is skipped instead of running for minutes.
+        compilable: whether ``torch.compile`` makes sense (default: not for naive loops, which
+            dynamo would unroll).
+    """
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        source = inspect.getsourcefile(fn) or "<unknown>"
+        REGISTRY.add_impl(Impl(
+            layer=layer, name=name, fn=fn, devices=frozenset(devices),
+            dtypes=frozenset(dtypes), modes=frozenset(modes), naive=naive,
+            compilable=(not naive) if compilable is None else compilable,
+            source=source,
+        ))
+        return fn
+
+    return wrap

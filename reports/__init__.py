@@ -1,0 +1,1 @@
+"""What comes out of a run: the run directory's files, the console summary, and (later) plots."""

@@ -1,0 +1,104 @@
+"""What a run prints: a progress bar with ETA while it runs, and a summary table at the end."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from suites.timing import format_seconds
+
+if TYPE_CHECKING:
+    from suites.cases import Case
+    from suites.runner import CaseResult
+
+MARKS = {"ok": "[green]ok[/]", "incorrect": "[bold red]WRONG[/]", "error": "[red]error[/]",
+         "oom": "[yellow]oom[/]", "timeout": "[yellow]timeout[/]", "skipped": "[dim]skipped[/]"}
+
+
+class ProgressBar:
+    """A runner sink showing cases done, elapsed time, ETA and the case in flight."""
+
+    def __init__(self, total: int, console: Console, enabled: bool = True) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[case]}"), console=console, disable=not enabled,
+            transient=True)
+        self._task = self._progress.add_task("bench", total=total, case="")
+
+    def __enter__(self) -> ProgressBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def started(self, case: Case) -> None:
+        what = f"{case.layer}/{case.impl}" + (f"+{case.compile}" if case.compile != "none" else "")
+        self._progress.update(self._task, case=f"{what} {case.device} {case.dtype} {case.mode} "
+                                               f"{case.label}")
+
+    def finished(self, result: CaseResult) -> None:
+        self._progress.advance(self._task)
+
+
+def _cell(row: pd.Series) -> str:
+    status = row["status"]
+    if status == "skipped":
+        predicted = row.get("predicted_s")
+        if isinstance(predicted, float) and not math.isnan(predicted):
+            return f"[dim]skipped (~{format_seconds(predicted)})[/]"
+        return MARKS[status]
+    if status in ("error", "oom", "timeout"):
+        return MARKS[status]
+    speedup = row["speedup_vs_builtin"]
+    ratio = f" x{speedup:.3g}" if speedup == speedup else ""
+    return f"{format_seconds(row['median_ms'] / 1e3)}{ratio} {MARKS[status]}"
+
+
+def summary_tables(results: pd.DataFrame) -> list[Table]:
+    """One table per (layer, device, dtype, mode): sizes down, implementations across.
+
+    Each cell: median time, speedup vs the eager builtin (x2 = twice as fast), correctness.
+    """
+    tables = []
+    results = results.assign(variant=[i if c == "none" else f"{i}+{c}"
+                                      for i, c in zip(results["impl"], results["compile"],
+                                                      strict=True)])
+    for (layer, device, dtype, mode), group in results.groupby(
+            ["layer", "device", "dtype", "mode"], sort=False):
+        table = Table(title=f"{layer} · {device} · {dtype} · {mode}", title_justify="left",
+                      caption="median time, speed vs builtin (x2 = twice as fast), correctness",
+                      caption_justify="left")
+        variants = list(dict.fromkeys(group["variant"]))
+        table.add_column("case", style="bold")
+        for variant in variants:
+            table.add_column(variant, justify="right")
+        for case, rows in group.groupby("case", sort=False):
+            by_variant = {r["variant"]: r for _, r in rows.iterrows()}
+            table.add_row(case, *(_cell(by_variant[v]) if v in by_variant else ""
+                                  for v in variants))
+        tables.append(table)
+    return tables
+
+
+def problems(results: pd.DataFrame) -> list[str]:
+    """One line per case that did not end ``ok``, with its reason."""
+    lines = []
+    for _, r in results[results["status"] != "ok"].iterrows():
+        variant = r["impl"] if r["compile"] == "none" else f"{r['impl']}+{r['compile']}"
+        lines.append(f"{r['status']:>9}  {r['layer']}/{variant} {r['device']} {r['dtype']} "
+                     f"{r['mode']} {r['case']}: {r['reason']}")
+    return lines

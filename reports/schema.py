@@ -1,0 +1,106 @@
+"""The run directory's files: their columns, the writer that appends them, and the loader.
+
+``results.csv`` gets one row per case, appended and flushed to disk as each case ends, so an
+interrupted run still leaves every finished case in a valid file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+SCHEMA_VERSION = 1
+
+KEY_COLUMNS = ("layer", "impl", "compile", "device", "dtype", "mode", "case")
+RESULT_COLUMNS = (
+    "status", "reason", "median_ms", "iqr_ms", "min_ms", "mean_ms", "n_samples",
+    "calls_per_sample", "compile_s", "flops", "bytes", "gflops", "gbps", "roofline_frac",
+    "speedup_vs_builtin", "max_abs_err", "rel_err", "grad_max_abs_err", "grad_rel_err", "rtol",
+    "atol", "peak_mem_bytes", "predicted_s", "threads", "seed",
+)
+SAMPLE_COLUMNS = (*KEY_COLUMNS, "sample", "seconds")
+OPS_COLUMNS = (*KEY_COLUMNS, "profiled_case", "op", "calls", "self_cpu_us", "cpu_total_us",
+               "self_device_us", "device_total_us", "self_cpu_mem_bytes", "note")
+STATUSES = ("ok", "incorrect", "error", "oom", "timeout", "skipped")
+
+
+def result_columns(param_names: Iterable[str]) -> list[str]:
+    """``results.csv`` header: run id, case key, ``p_<param>`` per size parameter, results."""
+    params = list(dict.fromkeys(f"p_{p}" for p in param_names))
+    return ["run_id", *KEY_COLUMNS, *params, *RESULT_COLUMNS]
+
+
+class CsvAppender:
+    """A CSV file that gets whole rows appended and flushed to disk, one at a time."""
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path, self.columns = path, list(columns)
+        new = not path.exists() or path.stat().st_size == 0
+        self._file = path.open("a", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="raise")
+        if new:
+            self._writer.writeheader()
+            self._flush()
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self._writer.writerow({k: _cell(row.get(k)) for k in self.columns})
+        self._flush()
+
+    def _flush(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` atomically (a temporary file renamed into place)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+class RunDataError(ValueError):
+    """A run directory that is missing, corrupt, empty or of another schema version."""
+
+
+def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``results.csv`` as a DataFrame, and ``meta.json``; ``RunDataError`` if unusable."""
+    run_dir = Path(run_dir)
+    results, meta_path = run_dir / "results.csv", run_dir / "meta.json"
+    if not results.is_file() or not meta_path.is_file():
+        raise RunDataError(f"{run_dir}: not a run directory (needs results.csv and meta.json)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunDataError(f"{meta_path}: unreadable ({exc})") from None
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise RunDataError(f"{run_dir}: schema version {meta.get('schema_version')!r}, "
+                           f"this layerbench reads version {SCHEMA_VERSION}")
+    try:
+        frame = pd.read_csv(results, keep_default_na=False, na_values=[""])
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise RunDataError(f"{results}: unreadable ({exc})") from None
+    missing = [c for c in ("run_id", *KEY_COLUMNS, *RESULT_COLUMNS) if c not in frame.columns]
+    if missing:
+        raise RunDataError(f"{results}: missing column(s) {', '.join(missing)}")
+    if frame.empty:
+        raise RunDataError(f"{results}: no results")
+    return frame, meta

@@ -1,0 +1,1 @@
+"""What to run and how to measure it: presets, cases, correctness, timing, profiling, the runner."""

@@ -1,0 +1,76 @@
+"""Cases: one (layer, impl, compile, params, device, dtype, mode) each, planned from a config."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from impls.registry import REGISTRY, Params
+from suites.config import BenchConfig
+from suites.presets import preset_sizes
+
+BASELINE_IMPL = "builtin"
+
+
+@dataclass(frozen=True)
+class Case:
+    layer: str
+    impl: str
+    compile: str
+    params: tuple[tuple[str, int], ...]
+    device: str
+    dtype: str
+    mode: str
+
+    @property
+    def size(self) -> dict[str, int]:
+        return dict(self.params)
+
+    @property
+    def label(self) -> str:
+        return REGISTRY.layer(self.layer).label(self.size)
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """What matches this case across runs."""
+        return (self.layer, self.impl, self.compile, self.device, self.dtype, self.mode,
+                self.label)
+
+    @property
+    def baseline(self) -> Case:
+        """The eager builtin case that ``speedup_vs_builtin`` divides by."""
+        return Case(self.layer, BASELINE_IMPL, "none", self.params, self.device, self.dtype,
+                    self.mode)
+
+
+def sizes_for(config: BenchConfig, layer: str) -> list[Params]:
+    return [dict(config.size)] if config.size else preset_sizes(layer, config.preset)
+
+
+def plan(config: BenchConfig) -> list[Case]:
+    """Every case of the run, grouped by size; each group starts with its eager builtin.
+
+    The eager builtin is always run, as the baseline of ``speedup_vs_builtin``, even when
+    ``--impl`` does not name it. Raises ``KeyError`` on an unknown name and ``ValueError`` on a
+    size that makes no sense, before anything runs.
+    """
+    cases: list[Case] = []
+    for layer_name in config.layers:
+        layer = REGISTRY.layer(layer_name)
+        names = list(config.impls) or [i.name for i in REGISTRY.impls(layer_name)]
+        for name in names:
+            REGISTRY.impl(layer_name, name)
+        has_baseline = any(i.name == BASELINE_IMPL for i in REGISTRY.impls(layer_name))
+        sizes = sizes_for(config, layer_name)
+        for size in sizes:
+            layer.check(size)
+        for device, dtype, mode, size in itertools.product(
+                config.devices, config.dtypes, config.modes, sizes):
+            params = tuple((p, size[p]) for p in layer.params)
+            group = [Case(layer_name, name, compile_mode, params, device, dtype, mode)
+                     for compile_mode in config.compile_modes for name in names]
+            if has_baseline:
+                baseline = group[0].baseline
+                group = [baseline] + [c for c in group if c != baseline]
+            cases.extend(group)
+    return cases

@@ -1,0 +1,42 @@
+"""The ``torch.compile`` axis: any implementation, eager or compiled in a chosen mode."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune",
+                 "max-autotune-no-cudagraphs")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def inductor_cache_dir() -> Path:
+    """Where inductor keeps compiled kernels, so a repeat run does not compile again.
+
+    ``TORCHINDUCTOR_CACHE_DIR`` wins when set; otherwise ``<project>/.cache/inductor``.
+    """
+    return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", PROJECT_ROOT / ".cache" / "inductor"))
+
+
+def use_project_cache() -> Path:
+    """Point inductor at the project's cache directory (before the first compilation)."""
+    path = inductor_cache_dir()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    return path
+
+
+def compiled(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    """``fn`` itself for ``mode == "none"``, else a fresh ``torch.compile`` of it.
+
+    Dynamo is reset first so one implementation's guards and graphs never leak into the next.
+    """
+    if mode == "none":
+        return fn
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r} (choose from {', '.join(COMPILE_MODES)})")
+    torch._dynamo.reset()
+    return torch.compile(fn, mode=None if mode == "default" else mode, fullgraph=False)

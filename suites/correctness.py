@@ -1,0 +1,244 @@
+"""Correctness: every implementation against the layer's float64 reference on the CPU.
+
+A trial builds fresh seeded inputs, rounds them to the case's dtype, runs the implementation on
+the case's device and the reference in float64 on the CPU *from the same rounded values*, and
+compares the output and, in ``fwdbwd``, the gradient of every input and parameter, plus any state
+the layer updates. Several trials with different seeds make a lucky pass unlikely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from impls.registry import CaseInputs, Layer, Params
+
+#: dtype -> (rtol, atol). An element passes iff ``|out - ref| <= atol * rms(ref) + rtol * |ref|``.
+#: ``atol`` is relative to the reference's RMS so one table fits outputs and gradients of any
+#: magnitude (a weight gradient sums over the batch and grows with it).
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "float64": (1e-7, 1e-7),
+    "float32": (1e-4, 1e-4),
+    "tf32": (2e-3, 2e-3),  # float32 on CUDA with TF32 matmul/conv (10-bit mantissa)
+    "float16": (1e-2, 1e-2),
+    "bfloat16": (2e-2, 2e-2),
+}
+
+
+def tolerance_key(dtype: torch.dtype, device: str) -> str:
+    """The TOLERANCES row for a dtype on a device (float32 on CUDA with TF32 on is ``tf32``)."""
+    name = str(dtype).removeprefix("torch.")
+    if name == "float32" and device.startswith("cuda") and (
+            torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32):
+        return "tf32"
+    return name
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One tensor (output, a gradient, a state) against its reference."""
+
+    what: str
+    max_abs_err: float
+    rel_err: float
+    problem: str = ""  # empty when within tolerance
+
+
+@dataclass
+class Verdict:
+    """The worst figures over all trials, and the first problem found."""
+
+    problems: list[str] = field(default_factory=list)
+    max_abs_err: float = 0.0
+    rel_err: float = 0.0
+    grad_max_abs_err: float = float("nan")
+    grad_rel_err: float = float("nan")
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, comparison: Comparison) -> None:
+        if comparison.what == "output":
+            self.max_abs_err = _worst(self.max_abs_err, comparison.max_abs_err)
+            self.rel_err = _worst(self.rel_err, comparison.rel_err)
+        elif comparison.what.startswith("grad"):
+            self.grad_max_abs_err = _worst(self.grad_max_abs_err, comparison.max_abs_err)
+            self.grad_rel_err = _worst(self.grad_rel_err, comparison.rel_err)
+        if comparison.problem:
+            self.problems.append(comparison.problem)
+
+
+def _worst(a: float, b: float) -> float:
+    if a != a:  # nan: no figure yet
+        return b
+    return b if b != b or b > a else a
+
+
+def compare(what: str, out: Any, ref: Tensor, device: str, dtype: torch.dtype,
+            rtol: float, atol: float) -> Comparison:
+    """Elementwise check of ``out`` against ``ref`` (float64), with the error figures."""
+    if not isinstance(out, Tensor):
+        return Comparison(what, float("nan"), float("nan"),
+                          f"{what}: expected a Tensor, got {type(out).__name__}")
+    if out.shape != ref.shape:
+        return Comparison(what, float("nan"), float("nan"),
+                          f"{what}: shape {tuple(out.shape)}, expected {tuple(ref.shape)}")
+    if out.dtype != dtype:
+        return Comparison(what, float("nan"), float("nan"),
+                          f"{what}: dtype {out.dtype}, expected {dtype}")
+    if out.device.type != torch.device(device).type:
+        return Comparison(what, float("nan"), float("nan"),
+                          f"{what}: on {out.device}, expected {device}")
+    got = out.detach().to("cpu", torch.float64)
+    err = (got - ref).abs()
+    finite_ref = torch.isfinite(ref)
+    max_abs = float(err[finite_ref].max()) if finite_ref.any() else 0.0
+    ref_norm = float(ref[finite_ref].norm())
+    rel = float((got - ref)[finite_ref].norm()) / ref_norm if ref_norm > 0 else max_abs
+    if not torch.isfinite(got[finite_ref]).all():
+        n_bad = int((~torch.isfinite(got) & finite_ref).sum())
+        return Comparison(what, float("nan"), float("nan"),
+                          f"{what}: {n_bad} NaN/Inf element(s) where the reference is finite")
+    rms = float(ref[finite_ref].pow(2).mean().sqrt()) if finite_ref.any() else 0.0
+    bad = err > atol * rms + rtol * ref.abs()
+    problem = ""
+    if bad.any():
+        n_bad = int(bad.sum())
+        index = tuple(int(i) for i in torch.nonzero(bad)[0])
+        problem = (f"{what}: {n_bad} of {ref.numel()} element(s) outside tolerance "
+                   f"(first at {index}: {float(got[index]):.6g} vs {float(ref[index]):.6g}; "
+                   f"max abs err {max_abs:.3g}, rel err {rel:.3g})")
+    return Comparison(what, max_abs, rel, problem)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One seeded set of inputs on the case's device and dtype, with the reference's answers.
+
+    The reference runs in float64 on the CPU from the *rounded* inputs, so only the
+    implementation's own arithmetic is judged, not the rounding of its inputs.
+    """
+
+    inputs: CaseInputs
+    grad_out: Tensor | None  # upstream gradient (fwdbwd only), on the device
+    ref_out: Tensor
+    ref_grads: dict[str, Tensor]
+    ref_state: dict[str, Tensor]
+
+
+def make_trial(layer: Layer, params: Params, seed: int, dtype: torch.dtype, device: str,
+               mode: str) -> Trial:
+    generator = torch.Generator().manual_seed(seed)
+    inputs = layer.make_inputs(params, generator).to(dtype, device)
+    ref = inputs.to(torch.float64, "cpu").clone()  # the rounded values, exactly; own storage
+    if mode == "fwd":
+        with torch.no_grad():
+            ref_out = _primary(layer.reference(**ref.tensors, **ref.static))
+        return Trial(inputs, None, ref_out, {}, _state(ref))
+    leaves = {n: t.detach().requires_grad_(n in ref.grad) for n, t in ref.tensors.items()}
+    ref_out = _primary(layer.reference(**leaves, **ref.static))
+    grad_out = torch.randn(ref_out.shape, generator=generator, dtype=torch.float64)
+    grad_out = grad_out.to(dtype).double()  # what the implementation will receive
+    grads = torch.autograd.grad(ref_out, [leaves[n] for n in ref.grad], grad_out)
+    return Trial(inputs, grad_out.to(device=device, dtype=dtype), ref_out.detach(),
+                 dict(zip(ref.grad, (g.detach() for g in grads), strict=True)),
+                 {n: leaves[n].detach() for n in ref.state})
+
+
+def _primary(out: Any) -> Any:
+    """The output that is compared and back-propagated (the first of a tuple)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _state(inputs: CaseInputs) -> dict[str, Tensor]:
+    return {n: inputs.tensors[n] for n in inputs.state}
+
+
+Call = Callable[[], tuple[Any, dict[str, Tensor | None]]]
+
+
+def bind(fn: Callable[..., Any], trial: Trial) -> Call:
+    """A zero-argument callable running ``fn`` on the trial's inputs, all setup done up front.
+
+    It returns ``(output, gradients)``. In fwdbwd the gradients come from
+    ``torch.autograd.grad`` with the trial's fixed upstream gradient: nothing accumulates into
+    ``.grad``, so nothing needs zeroing between calls. Call it under ``torch.no_grad()`` in fwd.
+    """
+    inputs = trial.inputs
+    if trial.grad_out is None:
+        return lambda: (fn(**inputs.tensors, **inputs.static), {})
+    leaves = {n: t.detach().requires_grad_(n in inputs.grad) for n, t in inputs.tensors.items()}
+    wanted = [leaves[n] for n in inputs.grad]
+    grad_out = trial.grad_out
+
+    def forward_backward() -> tuple[Any, dict[str, Tensor | None]]:
+        out = fn(**leaves, **inputs.static)
+        grads = torch.autograd.grad(_primary(out), wanted, grad_out, allow_unused=True)
+        return out, dict(zip(inputs.grad, grads, strict=True))
+
+    return forward_backward
+
+
+def check_trial(fn: Callable[..., Any], trial: Trial, device: str,
+                dtype: torch.dtype) -> list[Comparison]:
+    """Everything one call of ``fn`` produces, compared with the trial's reference."""
+    rtol, atol = TOLERANCES[tolerance_key(dtype, device)]
+    before = trial.inputs.clone()
+    _poison_allocator(trial.ref_out.numel(), device, dtype)
+    out, grads = bind(fn, trial)()
+    found = [compare("output", _primary(out), trial.ref_out, device, dtype, rtol, atol)]
+    for name, ref_grad in trial.ref_grads.items():
+        grad = grads[name]
+        if grad is None:
+            found.append(Comparison(f"grad {name}", float("nan"), float("nan"),
+                                    f"grad {name}: None (the output does not depend on it)"))
+        else:
+            found.append(compare(f"grad {name}", grad, ref_grad, device, dtype, rtol, atol))
+    for name, ref_state in trial.ref_state.items():
+        found.append(compare(f"state {name}", trial.inputs.tensors[name], ref_state, device,
+                             dtype, rtol, atol))
+    for name, original in before.tensors.items():
+        if name not in trial.ref_state and not _same(trial.inputs.tensors[name], original):
+            found.append(Comparison(f"input {name}", float("nan"), float("nan"),
+                                    f"input {name} was modified in place"))
+    return found
+
+
+def check(fn: Callable[..., Any], layer: Layer, params: Params, seeds: list[int],
+          dtype: torch.dtype, device: str, mode: str) -> tuple[Verdict, Trial]:
+    """Run ``fn`` on fresh inputs for each seed; stop at the first failing trial.
+
+    Returns the verdict and the first trial (whose inputs the timing reuses).
+    """
+    verdict, first = Verdict(), None
+    for seed in seeds:
+        trial = make_trial(layer, params, seed, dtype, device, mode)
+        first = first or trial
+        for comparison in check_trial(fn, trial, device, dtype):
+            verdict.add(comparison)
+        if verdict.problems:
+            break
+    assert first is not None, "check needs at least one seed"
+    return verdict, first
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    return bool(torch.equal(a, b) or (a.is_floating_point() and torch.allclose(
+        a, b, rtol=0, atol=0, equal_nan=True)))
+
+
+def _poison_allocator(numel: int, device: str, dtype: torch.dtype) -> None:
+    """On CUDA, leave NaN-filled blocks in the caching allocator.
+
+    An implementation that allocates its output with ``torch.empty`` and forgets to write some
+    elements then returns NaNs there, which the comparison catches. (CPU memory comes from
+    malloc, which hands out fresh zeroed pages for large blocks, so this only helps on CUDA.)
+    """
+    if not device.startswith("cuda"):
+        return
+    torch.full((numel,), float("nan"), dtype=dtype, device=device)

@@ -1,0 +1,117 @@
+"""The machine and software a run happens on: device checks and the metadata of ``meta.json``."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from suites.compilation import PROJECT_ROOT, inductor_cache_dir
+
+
+def device_problem(device: str) -> str:
+    """Why ``device`` cannot be used here, or ``""`` if it can."""
+    if device == "cpu":
+        return ""
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            cuda = torch.version.cuda
+            build = "a CPU-only build" if cuda is None else f"built for CUDA {cuda}"
+            return (f"--device {device}: no CUDA GPU is available "
+                    f"(torch {torch.__version__}, {build})")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            return f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present"
+        return ""
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            return "--device mps: the MPS backend is not available on this machine"
+        return ""
+    return f"unknown device {device!r} (choose from cpu, cuda, mps, all)"
+
+
+def available_devices() -> list[str]:
+    return [d for d in ("cpu", "cuda", "mps") if not device_problem(d)]
+
+
+def dtype_problem(dtype: torch.dtype, device: str) -> str:
+    """Why ``dtype`` cannot run on ``device``, or ``""`` (e.g. bfloat16 on pre-Ampere GPUs)."""
+    if device.startswith("cuda") and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        return f"bfloat16 is not supported by {torch.cuda.get_device_name()}"
+    if device == "mps" and dtype == torch.float64:
+        return "float64 is not supported on MPS"
+    return ""
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out + ("-dirty" if dirty else "")
+
+
+def tf32_flags() -> dict[str, Any]:
+    return {
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+
+
+def machine_info(devices: list[str]) -> dict[str, Any]:
+    """Host, CPU, GPU and library versions for ``meta.json``."""
+    info: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+        "inductor_cache_dir": str(inductor_cache_dir()),
+        "tf32": tf32_flags(),
+        "gpus": [],
+    }
+    if any(d.startswith("cuda") for d in devices):
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            info["gpus"].append({
+                "index": i, "name": props.name, "capability": f"{props.major}.{props.minor}",
+                "memory_bytes": props.total_memory, "sm_count": props.multi_processor_count,
+                "l2_cache_bytes": getattr(props, "L2_cache_size", None),
+            })
+        info["cuda_driver"] = _nvidia_driver()
+    return info
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        return subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None

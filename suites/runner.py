@@ -1,0 +1,212 @@
+"""Run cases: check each against the reference, time it, and hand the result to a sink.
+
+A case never crashes the run: an implementation that raises becomes an ``error`` row, one that
+runs out of memory an ``oom`` row, a wrong one ``incorrect`` (timed all the same), and a naive
+loop predicted to exceed the budget ``skipped``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from impls.registry import DTYPE_NAMES, REGISTRY
+from suites.budget import predict
+from suites.cases import Case
+from suites.compilation import compiled
+from suites.config import BenchConfig
+from suites.correctness import TOLERANCES, bind, check, make_trial, tolerance_key
+from suites.environment import dtype_problem
+from suites.profiling import profile_case, trace_name
+from suites.timing import Samples, cuda_peak_memory, measure, synchronize
+
+NAN = float("nan")
+STATUSES = ("ok", "incorrect", "error", "oom", "timeout", "skipped")
+
+
+@dataclass
+class CaseResult:
+    """Everything measured for one case; ``row()`` gives its ``results.csv`` columns."""
+
+    case: Case
+    status: str = "ok"
+    reason: str = ""
+    samples: Samples | None = None
+    compile_s: float = NAN
+    flops: int = 0
+    bytes: int = 0
+    speedup_vs_builtin: float = NAN
+    max_abs_err: float = NAN
+    rel_err: float = NAN
+    grad_max_abs_err: float = NAN
+    grad_rel_err: float = NAN
+    rtol: float = NAN
+    atol: float = NAN
+    peak_mem_bytes: float = NAN
+    predicted_s: float = NAN
+    threads: int = 0
+    seed: int = 0
+    ops: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def median_s(self) -> float:
+        return self.samples.median_s if self.samples else NAN
+
+    def row(self) -> dict[str, Any]:
+        c, s = self.case, self.samples
+        median_s = self.median_s
+        return {
+            "layer": c.layer, "impl": c.impl, "compile": c.compile, "device": c.device,
+            "dtype": c.dtype, "mode": c.mode, "case": c.label,
+            **{f"p_{k}": v for k, v in c.params},
+            "status": self.status, "reason": self.reason,
+            "median_ms": median_s * 1e3,
+            "iqr_ms": s.iqr_s * 1e3 if s else NAN,
+            "min_ms": s.min_s * 1e3 if s else NAN,
+            "mean_ms": s.mean_s * 1e3 if s else NAN,
+            "n_samples": len(s.seconds) if s else 0,
+            "calls_per_sample": s.calls_per_sample if s else 0,
+            "compile_s": self.compile_s,
+            "flops": self.flops, "bytes": self.bytes,
+            "gflops": self.flops / median_s / 1e9 if s else NAN,
+            "gbps": self.bytes / median_s / 1e9 if s else NAN,
+            "roofline_frac": NAN,  # filled once the device is calibrated
+            "speedup_vs_builtin": self.speedup_vs_builtin,
+            "max_abs_err": self.max_abs_err, "rel_err": self.rel_err,
+            "grad_max_abs_err": self.grad_max_abs_err, "grad_rel_err": self.grad_rel_err,
+            "rtol": self.rtol, "atol": self.atol,
+            "peak_mem_bytes": self.peak_mem_bytes, "predicted_s": self.predicted_s,
+            "threads": self.threads, "seed": self.seed,
+        }
+
+
+class Sink(Protocol):
+    """Receives each case as it starts and its result as soon as it ends."""
+
+    def started(self, case: Case) -> None: ...
+
+    def finished(self, result: CaseResult) -> None: ...
+
+
+def run(config: BenchConfig, cases: list[Case], sinks: Sequence[Sink],
+        profile_root: Path | None = None) -> list[CaseResult]:
+    """Run ``cases`` in order; each result goes to every sink as soon as it is known.
+
+    With ``config.profile``, each measured case is then profiled into ``profile_root/<case>/``.
+    """
+    baselines: dict[Case, float] = {}
+    results = []
+    for case in cases:
+        for sink in sinks:
+            sink.started(case)
+        result = run_case(case, config)
+        if case == case.baseline and result.status in ("ok", "incorrect"):
+            baselines[case] = result.median_s
+        if case.baseline in baselines and result.samples:
+            result.speedup_vs_builtin = baselines[case.baseline] / result.median_s
+        if config.profile and profile_root is not None and result.status in ("ok", "incorrect"):
+            result.ops = _profile(case, config, profile_root / trace_name(case))
+        for sink in sinks:
+            sink.finished(result)
+        results.append(result)
+    return results
+
+
+def run_case(case: Case, config: BenchConfig) -> CaseResult:
+    """Check and time one case; failures become the result's status and reason."""
+    layer, impl = REGISTRY.layer(case.layer), REGISTRY.impl(case.layer, case.impl)
+    dtype, params = DTYPE_NAMES[case.dtype], case.size
+    rtol, atol = TOLERANCES[tolerance_key(dtype, case.device)]
+    result = CaseResult(case, flops=layer.flops(params, case.mode),
+                        bytes=layer.bytes_moved(params, dtype, case.mode), rtol=rtol, atol=atol,
+                        threads=torch.get_num_threads(), seed=config.seed)
+    unsupported = (impl.unsupported(case.device, dtype, case.mode, case.compile)
+                   or dtype_problem(dtype, case.device))
+    if unsupported:
+        result.status, result.reason = "skipped", unsupported
+        return result
+    try:
+        with torch.set_grad_enabled(case.mode == "fwdbwd"), _on_device(case.device):
+            _measure_case(case, config, result)
+    except Exception as exc:  # failure is data: the run goes on
+        result.status, result.reason = _failure(exc)
+        result.samples = None
+    finally:
+        _release_memory(case.device)
+    return result
+
+
+def _measure_case(case: Case, config: BenchConfig, result: CaseResult) -> None:
+    layer, impl = REGISTRY.layer(case.layer), REGISTRY.impl(case.layer, case.impl)
+    dtype, params = DTYPE_NAMES[case.dtype], case.size
+    if impl.naive:
+        prediction = predict(impl, layer, params, dtype, case.device, case.mode, config)
+        result.predicted_s = prediction.case_s
+        if prediction.case_s > config.budget_s:
+            result.status, result.reason = "skipped", prediction.reason(config.budget_s)
+            return
+    fn = compiled(impl.fn, case.compile)
+    seeds = [config.seed + i for i in range(config.trials)]
+    first_call_s = NAN
+    if case.compile != "none":  # the first call compiles; time it alone
+        first = bind(fn, make_trial(layer, params, seeds[0], dtype, case.device, case.mode))
+        synchronize(case.device)
+        start = time.perf_counter()
+        first()
+        synchronize(case.device)
+        first_call_s = time.perf_counter() - start
+    verdict, trial = check(fn, layer, params, seeds, dtype, case.device, case.mode)
+    result.max_abs_err, result.rel_err = verdict.max_abs_err, verdict.rel_err
+    result.grad_max_abs_err, result.grad_rel_err = verdict.grad_max_abs_err, verdict.grad_rel_err
+    if not verdict.ok:
+        result.status, result.reason = "incorrect", "; ".join(verdict.problems)
+    step = bind(fn, trial)
+    result.samples = measure(step, case.device, config.timing, torch.get_num_threads())
+    if not math.isnan(first_call_s):
+        result.compile_s = max(first_call_s - result.median_s, 0.0)
+    if case.device.startswith("cuda"):
+        result.peak_mem_bytes = cuda_peak_memory(step)
+
+
+def _profile(case: Case, config: BenchConfig, trace_dir: Path) -> list[dict[str, Any]]:
+    """A separate profiler pass (never part of the timing); naive loops at calibration size."""
+    layer, impl = REGISTRY.layer(case.layer), REGISTRY.impl(case.layer, case.impl)
+    params = layer.calibration_params(case.size) if impl.naive else case.size
+    trial = make_trial(layer, params, config.seed, DTYPE_NAMES[case.dtype], case.device,
+                       case.mode)
+    try:
+        with torch.set_grad_enabled(case.mode == "fwdbwd"), _on_device(case.device):
+            step = bind(compiled(impl.fn, case.compile), trial)
+            return profile_case(step, case, layer.label(params), trace_dir)
+    except Exception as exc:  # a profiler failure must not lose the timing row
+        return [{"op": "<profiler failed>", "note": f"{type(exc).__name__}: {exc}"}]
+    finally:
+        _release_memory(case.device)
+
+
+def _on_device(device: str) -> contextlib.AbstractContextManager[Any]:
+    """Make ``cuda:N`` the current device, so synchronisation and memory stats refer to it."""
+    if device.startswith("cuda"):
+        return torch.cuda.device(torch.device(device))
+    return contextlib.nullcontext()
+
+
+def _failure(exc: BaseException) -> tuple[str, str]:
+    message = " ".join(str(exc).split())[:500]
+    if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in message:
+        return "oom", f"{type(exc).__name__}: {message}"
+    return "error", f"{type(exc).__name__}: {message}"
+
+
+def _release_memory(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()

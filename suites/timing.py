@@ -1,0 +1,132 @@
+"""Timing: warm up, then collect raw samples of one zero-argument callable.
+
+CPU: blocks of calls timed by ``torch.utils.benchmark.Timer`` (one sample = the mean call time of
+one block lasting about ``block_s``). CUDA: one call per sample between two CUDA events, with a
+buffer larger than the L2 cache overwritten before every sample, outside the timed region, so
+each call starts from a cold cache as it would inside a network.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils import benchmark
+
+from suites.config import TimingConfig
+
+SLOW_CALL_S = 1.0  # above this a call is "slow": fewer samples suffice (naive loops)
+
+
+def format_seconds(seconds: float) -> str:
+    """``0.000012`` -> ``12 us``, ``5.93`` -> ``5.93 s``, ``1800`` -> ``30 min``; nan -> ``-``."""
+    if seconds != seconds:
+        return "-"
+    for unit, scale, below in (("us", 1e-6, 1e-3), ("ms", 1e-3, 1.0), ("s", 1.0, 120.0),
+                               ("min", 60.0, 7200.0)):
+        if seconds < below:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 3600:.3g} h"
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Raw per-call times in seconds, one per sample, and how each was taken."""
+
+    seconds: tuple[float, ...]
+    calls_per_sample: int
+
+    @property
+    def median_s(self) -> float:
+        return float(np.median(self.seconds))
+
+    @property
+    def iqr_s(self) -> float:
+        q1, q3 = np.percentile(self.seconds, [25, 75])
+        return float(q3 - q1)
+
+    @property
+    def min_s(self) -> float:
+        return float(min(self.seconds))
+
+    @property
+    def mean_s(self) -> float:
+        return float(np.mean(self.seconds))
+
+
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
+def warm_up(step: Callable[[], Any], device: str, seconds: float) -> float:
+    """Call ``step`` (at least twice) until ``seconds`` have passed; return the time per call."""
+    synchronize(device)
+    start, calls = time.perf_counter(), 0
+    while calls < 2 or time.perf_counter() - start < seconds:
+        step()
+        synchronize(device)
+        calls += 1
+        if calls >= 2 and time.perf_counter() - start > SLOW_CALL_S:
+            break  # a slow call is warm after two; do not spend the budget here
+    return (time.perf_counter() - start) / calls
+
+
+def sample_count(per_call_s: float, calls_per_sample: int, config: TimingConfig) -> int:
+    wanted = int(config.min_time_s / (per_call_s * calls_per_sample))
+    floor = config.slow_min_samples if per_call_s > SLOW_CALL_S else config.min_samples
+    return max(floor, min(wanted, config.max_samples))
+
+
+def measure(step: Callable[[], Any], device: str, config: TimingConfig,
+            threads: int) -> Samples:
+    """Warm up ``step`` and time it; ``threads`` is the CPU thread count used while timing."""
+    per_call_s = warm_up(step, device, config.warmup_s)
+    if device.startswith("cuda"):
+        return _measure_cuda(step, per_call_s, config)
+    if device == "mps":
+        def timed() -> None:
+            step()
+            torch.mps.synchronize()
+    else:
+        timed = step
+    calls = max(1, round(config.block_s / per_call_s))
+    timer = benchmark.Timer(stmt="timed()", globals={"timed": timed}, num_threads=threads)
+    seconds = [timer.timeit(calls).times[0]
+               for _ in range(sample_count(per_call_s, calls, config))]
+    return Samples(tuple(seconds), calls)
+
+
+def _measure_cuda(step: Callable[[], Any], per_call_s: float, config: TimingConfig) -> Samples:
+    flush = None
+    if config.flush_l2:
+        l2_bytes = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
+        flush = torch.empty(max(2 * l2_bytes, 64 << 20) // 4, dtype=torch.int32, device="cuda")
+    count = sample_count(per_call_s, 1, config)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
+    for start, end in zip(starts, ends, strict=True):
+        if flush is not None:
+            flush.zero_()  # evict the previous call's data from L2, outside the timed region
+        start.record()
+        step()
+        end.record()
+    torch.cuda.synchronize()
+    return Samples(tuple(s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True)), 1)
+
+
+def cuda_peak_memory(step: Callable[[], Any]) -> int:
+    """Peak bytes allocated on the current CUDA device during one call of ``step``."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return int(torch.cuda.max_memory_allocated() - baseline)
