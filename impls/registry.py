@@ -135,6 +135,10 @@ class Impl:
         return ""
 
 
+class RegistryError(ValueError):
+    """A registration that cannot be accepted (unknown layer, duplicate name, empty file)."""
+
+
 class Registry:
     """Layers by name, and their implementations by ``(layer, name)``."""
 
@@ -144,17 +148,17 @@ class Registry:
 
     def add_layer(self, layer: Layer) -> Layer:
         if layer.name in self._layers:
-            raise ValueError(f"layer {layer.name!r} is already registered")
+            raise RegistryError(f"layer {layer.name!r} is already registered")
         self._layers[layer.name] = layer
         self._impls[layer.name] = {}
         return layer
 
     def add_impl(self, impl: Impl) -> None:
         if impl.layer not in self._layers:
-            raise ValueError(f"{impl.source}: unknown layer {impl.layer!r} "
+            raise RegistryError(f"{impl.source}: unknown layer {impl.layer!r} "
                              f"(choose from {', '.join(self._layers)})")
         if impl.name in self._impls[impl.layer]:
-            raise ValueError(f"{impl.source}: implementation {impl.layer}/{impl.name} "
+            raise RegistryError(f"{impl.source}: implementation {impl.layer}/{impl.name} "
                              "is already registered")
         self._impls[impl.layer][impl.name] = impl
 
@@ -179,30 +183,30 @@ class Registry:
     def load_file(self, path: str | Path) -> list[Impl]:
         """Import a user's Python file; return the implementations it registered.
 
-        Raises ``ValueError`` with a one-line reason when the file does not import or registers
-        nothing.
+        Raises ``RegistryError`` with a one-line reason when the file does not import, registers
+        nothing, or registers a name that is taken.
         """
         path = Path(path)
         before = {(i.layer, i.name) for layer in self._impls.values() for i in layer.values()}
         if not path.is_file():
-            raise ValueError(f"--impl-file {path}: no such file")
+            raise RegistryError(f"--impl-file {path}: no such file")
         module_name = f"layerbench_user_{path.stem}_{abs(hash(path.resolve()))}"
         spec = importlib.util.spec_from_file_location(module_name, path)
         if spec is None or spec.loader is None:
-            raise ValueError(f"--impl-file {path}: not a Python file")
+            raise RegistryError(f"--impl-file {path}: not a Python file")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         try:
             spec.loader.exec_module(module)
-        except ValueError:
+        except RegistryError:
             raise
         except Exception as exc:
-            raise ValueError(f"--impl-file {path} does not import: "
+            raise RegistryError(f"--impl-file {path} does not import: "
                              f"{type(exc).__name__}: {exc}") from exc
         added = [i for layer in self._impls.values() for i in layer.values()
                  if (i.layer, i.name) not in before]
         if not added:
-            raise ValueError(f"--impl-file {path} registers no implementation "
+            raise RegistryError(f"--impl-file {path} registers no implementation "
                              "(decorate a function with @register_impl(layer, name))")
         return added
 

@@ -1,1 +1,1 @@
-"""What comes out of a run: the run directory's files, the console summary, and (later) plots."""
+"""What comes out of a run: the run directory's files and the console summary."""

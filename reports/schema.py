@@ -89,14 +89,17 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         raise RunDataError(f"{run_dir}: not a run directory (needs results.csv and meta.json)")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunDataError(f"{meta_path}: unreadable ({exc})") from None
+    if not isinstance(meta, dict):
+        raise RunDataError(f"{meta_path}: not a JSON object")
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise RunDataError(f"{run_dir}: schema version {meta.get('schema_version')!r}, "
                            f"this layerbench reads version {SCHEMA_VERSION}")
     try:
         frame = pd.read_csv(results, keep_default_na=False, na_values=[""])
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
         raise RunDataError(f"{results}: unreadable ({exc})") from None
     missing = [c for c in ("run_id", *KEY_COLUMNS, *RESULT_COLUMNS) if c not in frame.columns]
     if missing:

@@ -24,8 +24,10 @@ def device_problem(device: str) -> str:
             build = "a CPU-only build" if cuda is None else f"built for CUDA {cuda}"
             return (f"--device {device}: no CUDA GPU is available "
                     f"(torch {torch.__version__}, {build})")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
+        index_text = device.partition(":")[2] or "0"
+        if not index_text.isdigit():
+            return f"--device {device}: bad device index {index_text!r}"
+        if int(index_text) >= torch.cuda.device_count():
             return f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present"
         return ""
     if device == "mps":
