@@ -26,7 +26,7 @@ from suites.cases import Case, plan
 from suites.compilation import COMPILE_MODES, use_project_cache
 from suites.config import BenchConfig, TimingConfig
 from suites.environment import available_devices, device_problem, machine_info
-from suites.presets import NOTES_SIZES, PRESET_NAMES, parse_size
+from suites.presets import PRESET_NAMES, notes_size, parse_size
 from suites.runner import run
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -94,11 +94,12 @@ def list_command(layer: str | None, impl_files: tuple[Path, ...]) -> None:
     for spec in layers:
         for impl in REGISTRY.impls(spec.name):
             dtypes = [short[n] for n, d in DTYPE_NAMES.items() if d in impl.dtypes]
-            notes = impl.description + (" [naive loop: budgeted]" if impl.naive else "")
+            notes = " ".join(filter(None, (impl.description, impl.notes,
+                                           "[naive loop: budgeted]" if impl.naive else "")))
             if not impl.source.startswith(str(Path(__file__).resolve().parent / "impls")):
                 notes += f" (from {impl.source})"
             table.add_row(spec.name, impl.name, ",".join(sorted(impl.devices)), ",".join(dtypes),
-                          ",".join(m for m in MODES if m in impl.modes),
+                          ",".join(m for m in MODES if m in impl.modes and m in spec.modes),
                           "yes" if impl.compilable else "no", notes)
     _console().print(table)
 
@@ -110,7 +111,8 @@ def list_command(layer: str | None, impl_files: tuple[Path, ...]) -> None:
 @click.option("--dtype", "dtypes", multiple=True, default=("float32",), show_default=True,
               help=f"{', '.join(DTYPE_NAMES)} or all.")
 @click.option("--mode", "modes", multiple=True, default=("fwd",), show_default=True,
-              help="fwd (forward, no grad), fwdbwd (forward + backward) or all.")
+              help="fwd (forward, no grad), fwdbwd (forward + backward), train (one SGD "
+                   "step, layers that offer it) or all.")
 @click.option("--impl", "impls", multiple=True, help="Implementations to run (default: all).")
 @click.option("--compile", "compile_modes", multiple=True, default=("none",), show_default=True,
               help=f"torch.compile modes: {', '.join(COMPILE_MODES)}.")
@@ -153,7 +155,7 @@ def bench_command(layer: str, devices: tuple[str, ...], dtypes: tuple[str, ...],
         if len(layers) != 1:
             raise InputError("--size needs a single layer, not 'all'")
         try:
-            custom = tuple(parse_size(size, NOTES_SIZES.get(layers[0])).items())
+            custom = tuple(parse_size(size, notes_size(layers[0])).items())
         except ValueError as exc:
             raise InputError(str(exc)) from None
     config = BenchConfig(

@@ -1,7 +1,7 @@
 """What can be run: layers, their implementations, references and cost formulas.
 
-Importing this package registers every built-in layer. A user's file registers its own
-implementations the same way::
+Importing this package registers every built-in layer (each module here but ``registry``). A
+user's file registers its own implementations the same way::
 
     from impls import register_impl
 
@@ -9,8 +9,9 @@ implementations the same way::
     def conv2d_mine(x, weight, bias, stride, padding): ...
 """
 
-from impls import conv
-from impls.conv import MyConv2d
+import importlib
+import pkgutil
+
 from impls.registry import (
     DTYPE_NAMES,
     MODES,
@@ -18,9 +19,18 @@ from impls.registry import (
     CaseInputs,
     Impl,
     Layer,
+    RegistryError,
     register_impl,
     register_layer,
 )
 
-__all__ = ["DTYPE_NAMES", "MODES", "REGISTRY", "CaseInputs", "Impl", "Layer", "MyConv2d", "conv",
-           "register_impl", "register_layer"]
+# The notes' order (it is the order of `list` and `bench all`), then any other module.
+_NOTES_ORDER = ("conv", "bn", "pool", "linear", "cnn", "rnn", "attention", "mha", "transformer")
+_found = {m.name for m in pkgutil.iter_modules(__path__)} - {"registry"}
+for _module in [m for m in _NOTES_ORDER if m in _found] + sorted(_found - set(_NOTES_ORDER)):
+    importlib.import_module(f"{__name__}.{_module}")
+
+from impls.conv import MyConv2d  # noqa: E402
+
+__all__ = ["DTYPE_NAMES", "MODES", "REGISTRY", "CaseInputs", "Impl", "Layer", "MyConv2d",
+           "RegistryError", "register_impl", "register_layer"]

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 Params = Mapping[str, int]
-MODES = ("fwd", "fwdbwd")
+MODES = ("fwd", "fwdbwd", "train")
 DEVICES = ("cpu", "cuda", "mps")
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 DTYPE_NAMES = {"float32": torch.float32, "float64": torch.float64,
@@ -67,6 +67,14 @@ class Layer(ABC):
     params: tuple[str, ...]
     #: short prefix of each parameter in case labels, e.g. ``{"C_in": "Cin"}``
     labels: ClassVar[Mapping[str, str]] = {}
+    #: what the layer offers: ``fwd``, ``fwdbwd``, and ``train`` (one SGD step) where the layer
+    #: defines ``loss``
+    modes: ClassVar[tuple[str, ...]] = ("fwd", "fwdbwd")
+    #: names of the outputs when the reference returns a tuple (e.g. ``("output", "attn")``);
+    #: the first, always called "output", is the one back-propagated and measured
+    output_names: ClassVar[tuple[str, ...]] = ("output",)
+    #: learning rate of the ``train`` mode's SGD step
+    lr: ClassVar[float] = 0.1
 
     def label(self, params: Params) -> str:
         """A short stable label such as ``N64_Cin1_Cout8_H28_W28_k3_s1_p0``."""
@@ -81,6 +89,10 @@ class Layer(ABC):
         if unknown:
             raise ValueError(f"{self.name}: unknown size parameter(s) {', '.join(unknown)}; "
                              f"expected {', '.join(self.params)}")
+
+    def loss(self, output: Tensor, tensors: Mapping[str, Tensor]) -> Tensor:
+        """The scalar loss of ``train`` mode, from the output and the inputs (e.g. targets)."""
+        raise TypeError(f"layer {self.name} has no train mode")
 
     @abstractmethod
     def make_inputs(self, params: Params, generator: torch.Generator) -> CaseInputs:
@@ -116,6 +128,7 @@ class Impl:
     naive: bool
     compilable: bool
     source: str
+    notes: str = ""
 
     @property
     def description(self) -> str:
@@ -228,6 +241,7 @@ def register_impl(
     modes: tuple[str, ...] = MODES,
     naive: bool = False,
     compilable: bool | None = None,
+    notes: str = "",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn`` as implementation ``name`` of ``layer``; the function is returned unchanged.
 
@@ -238,6 +252,7 @@ def register_impl(
             over the time budget is skipped instead of running for minutes.
         compilable: whether ``torch.compile`` makes sense (default: not for naive loops, which
             dynamo would unroll).
+        notes: what a user should know, shown by ``list`` (e.g. "returns no attention weights").
     """
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -246,7 +261,7 @@ def register_impl(
             layer=layer, name=name, fn=fn, devices=frozenset(devices),
             dtypes=frozenset(dtypes), modes=frozenset(modes), naive=naive,
             compilable=(not naive) if compilable is None else compilable,
-            source=source,
+            source=source, notes=notes,
         ))
         return fn
 

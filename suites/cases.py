@@ -58,8 +58,12 @@ def plan(config: BenchConfig) -> list[Case]:
         sizes = sizes_for(config, layer_name)
         for size in sizes:
             layer.check(size)
+        modes = [m for m in config.modes if m in layer.modes]
+        if not modes and len(config.layers) == 1:
+            raise KeyError(f"layer {layer_name} has no mode {', '.join(config.modes)} "
+                           f"(choose from {', '.join(layer.modes)})")
         for device, dtype, mode, size in itertools.product(
-                config.devices, config.dtypes, config.modes, sizes):
+                config.devices, config.dtypes, modes, sizes):
             params = tuple((p, size[p]) for p in layer.params)
             group = [Case(layer_name, name, compile_mode, params, device, dtype, mode)
                      for compile_mode in config.compile_modes for name in names]

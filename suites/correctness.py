@@ -124,39 +124,51 @@ class Trial:
     implementation's own arithmetic is judged, not the rounding of its inputs.
     """
 
+    layer: Layer
+    mode: str
     inputs: CaseInputs
     grad_out: Tensor | None  # upstream gradient (fwdbwd only), on the device
-    ref_out: Tensor
-    ref_grads: dict[str, Tensor]
-    ref_state: dict[str, Tensor]
+    ref_outs: tuple[Tensor, ...]  # the reference's outputs; the first is the primary one
+    ref_grads: dict[str, Tensor]  # fwdbwd: gradient of every input in ``inputs.grad``
+    ref_state: dict[str, Tensor]  # tensors updated in place: layer state; in train the weights
+
+    @property
+    def ref_out(self) -> Tensor:
+        return self.ref_outs[0]
 
 
 def make_trial(layer: Layer, params: Params, seed: int, dtype: torch.dtype, device: str,
                mode: str) -> Trial:
+    """Fresh inputs from ``seed`` and the reference's outputs, gradients and updated state."""
     generator = torch.Generator().manual_seed(seed)
     inputs = layer.make_inputs(params, generator).to(dtype, device)
     ref = inputs.to(torch.float64, "cpu").clone()  # the rounded values, exactly; own storage
     if mode == "fwd":
         with torch.no_grad():
-            ref_out = _primary(layer.reference(**ref.tensors, **ref.static))
-        return Trial(inputs, None, ref_out, {}, _state(ref))
+            outs = _as_tuple(layer.reference(**ref.tensors, **ref.static))
+        return Trial(layer, mode, inputs, None, outs, {}, _state(ref))
     leaves = {n: t.detach().requires_grad_(n in ref.grad) for n, t in ref.tensors.items()}
-    ref_out = _primary(layer.reference(**leaves, **ref.static))
-    grad_out = torch.randn(ref_out.shape, generator=generator, dtype=torch.float64)
+    outs = _as_tuple(layer.reference(**leaves, **ref.static))
+    wanted = [leaves[n] for n in ref.grad]
+    detached = tuple(o.detach() for o in outs)
+    if mode == "train":  # one SGD step: the weights after it are compared like state
+        grads = torch.autograd.grad(layer.loss(outs[0], leaves), wanted)
+        with torch.no_grad():
+            updated = {n: leaves[n] - layer.lr * g for n, g in zip(ref.grad, grads, strict=True)}
+        return Trial(layer, mode, inputs, None, detached, {}, {**_state(ref), **updated})
+    grad_out = torch.randn(outs[0].shape, generator=generator, dtype=torch.float64)
     grad_out = grad_out.to(dtype).double()  # what the implementation will receive
-    grads = torch.autograd.grad(ref_out, [leaves[n] for n in ref.grad], grad_out)
-    return Trial(inputs, grad_out.to(device=device, dtype=dtype), ref_out.detach(),
-                 dict(zip(ref.grad, (g.detach() for g in grads), strict=True)),
-                 {n: leaves[n].detach() for n in ref.state})
+    grads = torch.autograd.grad(outs[0], wanted, grad_out)
+    return Trial(layer, mode, inputs, grad_out.to(device=device, dtype=dtype), detached,
+                 dict(zip(ref.grad, (g.detach() for g in grads), strict=True)), _state(ref))
 
 
-def _primary(out: Any) -> Any:
-    """The output that is compared and back-propagated (the first of a tuple)."""
-    return out[0] if isinstance(out, tuple) else out
+def _as_tuple(out: Any) -> tuple[Any, ...]:
+    return tuple(out) if isinstance(out, tuple | list) else (out,)
 
 
 def _state(inputs: CaseInputs) -> dict[str, Tensor]:
-    return {n: inputs.tensors[n] for n in inputs.state}
+    return {n: inputs.tensors[n].detach() for n in inputs.state}
 
 
 Call = Callable[[], tuple[Any, dict[str, Tensor | None]]]
@@ -167,21 +179,30 @@ def bind(fn: Callable[..., Any], trial: Trial) -> Call:
 
     It returns ``(output, gradients)``. In fwdbwd the gradients come from
     ``torch.autograd.grad`` with the trial's fixed upstream gradient: nothing accumulates into
-    ``.grad``, so nothing needs zeroing between calls. Call it under ``torch.no_grad()`` in fwd.
+    ``.grad``, so nothing needs zeroing between calls. In train it is one SGD step: forward, the
+    layer's loss, gradients, and the weights updated in place. Call it under ``torch.no_grad()``
+    in fwd.
     """
     inputs = trial.inputs
-    if trial.grad_out is None:
+    if trial.mode == "fwd":
         return lambda: (fn(**inputs.tensors, **inputs.static), {})
     leaves = {n: t.detach().requires_grad_(n in inputs.grad) for n, t in inputs.tensors.items()}
     wanted = [leaves[n] for n in inputs.grad]
-    grad_out = trial.grad_out
+    layer, grad_out = trial.layer, trial.grad_out
 
     def forward_backward() -> tuple[Any, dict[str, Tensor | None]]:
         out = fn(**leaves, **inputs.static)
-        grads = torch.autograd.grad(_primary(out), wanted, grad_out, allow_unused=True)
+        grads = torch.autograd.grad(_as_tuple(out)[0], wanted, grad_out, allow_unused=True)
         return out, dict(zip(inputs.grad, grads, strict=True))
 
-    return forward_backward
+    def train_step() -> tuple[Any, dict[str, Tensor | None]]:
+        out = fn(**leaves, **inputs.static)
+        grads = torch.autograd.grad(layer.loss(_as_tuple(out)[0], leaves), wanted)
+        with torch.no_grad():
+            torch._foreach_add_(wanted, list(grads), alpha=-layer.lr)
+        return out, {}
+
+    return train_step if trial.mode == "train" else forward_backward
 
 
 def check_trial(fn: Callable[..., Any], trial: Trial, device: str,
@@ -191,7 +212,12 @@ def check_trial(fn: Callable[..., Any], trial: Trial, device: str,
     before = trial.inputs.clone()
     _poison_allocator(trial.ref_out.numel(), device, dtype)
     out, grads = bind(fn, trial)()
-    found = [compare("output", _primary(out), trial.ref_out, device, dtype, rtol, atol)]
+    # An implementation may return fewer outputs than the reference (e.g. no attention weights,
+    # which the registry notes say); every output it does return is checked.
+    names = ("output", *trial.layer.output_names[1:])
+    pairs = zip(_as_tuple(out), trial.ref_outs, strict=False)
+    found = [compare(names[i] if i < len(names) else f"output {i}", got, ref, device, dtype,
+                     rtol, atol) for i, (got, ref) in enumerate(pairs)]
     for name, ref_grad in trial.ref_grads.items():
         grad = grads[name]
         if grad is None:
@@ -200,8 +226,8 @@ def check_trial(fn: Callable[..., Any], trial: Trial, device: str,
         else:
             found.append(compare(f"grad {name}", grad, ref_grad, device, dtype, rtol, atol))
     for name, ref_state in trial.ref_state.items():
-        found.append(compare(f"state {name}", trial.inputs.tensors[name], ref_state, device,
-                             dtype, rtol, atol))
+        got = trial.inputs.tensors[name]
+        found.append(compare(f"state {name}", got, ref_state, device, got.dtype, rtol, atol))
     for name, original in before.tensors.items():
         if name not in trial.ref_state and not _same(trial.inputs.tensors[name], original):
             found.append(Comparison(f"input {name}", float("nan"), float("nan"),

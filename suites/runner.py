@@ -134,7 +134,7 @@ def run_case(case: Case, config: BenchConfig) -> CaseResult:
         result.status, result.reason = "skipped", unsupported
         return result
     try:
-        with torch.set_grad_enabled(case.mode == "fwdbwd"), _on_device(case.device):
+        with torch.set_grad_enabled(case.mode != "fwd"), _on_device(case.device):
             _measure_case(case, config, result)
     except Exception as exc:  # failure is data: the run goes on
         result.status, result.reason = _failure(exc)
@@ -183,7 +183,7 @@ def _profile(case: Case, config: BenchConfig, trace_dir: Path) -> list[dict[str,
     trial = make_trial(layer, params, config.seed, DTYPE_NAMES[case.dtype], case.device,
                        case.mode)
     try:
-        with torch.set_grad_enabled(case.mode == "fwdbwd"), _on_device(case.device):
+        with torch.set_grad_enabled(case.mode != "fwd"), _on_device(case.device):
             step = bind(compiled(impl.fn, case.compile), trial)
             return profile_case(step, case, layer.label(params), trace_dir)
     except Exception as exc:  # a profiler failure must not lose the timing row

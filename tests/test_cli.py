@@ -21,7 +21,7 @@ from reports.schema import OPS_COLUMNS, SAMPLE_COLUMNS, SCHEMA_VERSION, STATUSES
 from suites.cases import plan
 from suites.config import BenchConfig
 from suites.environment import device_problem
-from suites.presets import NOTES_SIZES
+from suites.presets import notes_size
 from tests._cli import describe, only_run_dir, read_csv, run_cli
 
 LAYER = REGISTRY.layer("conv")
@@ -266,7 +266,7 @@ def test_a_custom_size_runs_exactly_that_size(jobs: Jobs) -> None:
     proc = jobs["size"].proc
     assert proc.returncode == 0, describe(proc)
     _, rows = read_csv(jobs["size"].run_dir / "results.csv")
-    expected = {**NOTES_SIZES["conv"], "N": 2, "C_in": 3, "H": 12, "W": 12}
+    expected = {**notes_size("conv"), "N": 2, "C_in": 3, "H": 12, "W": 12}
     assert {r["case"] for r in rows} == {LAYER.label(expected)}
     assert sorted(r["impl"] for r in rows) == ["builtin", "einsum"]
     for row in rows:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from impls import REGISTRY
-from suites.presets import PRESETS
+from suites.presets import preset_table
 
 LAYER = REGISTRY.layer("conv")
 NAMES = ("N", "C_in", "C_out", "H", "W", "k", "stride", "padding")
@@ -89,7 +89,7 @@ def test_forward_backward_bytes_cover_the_gradients(params: dict[str, int]) -> N
 
 
 def test_every_preset_size_is_valid() -> None:
-    for preset, sizes in PRESETS["conv"].items():
+    for preset, sizes in preset_table("conv").items():
         for params in sizes:
             LAYER.check(params)  # raises on nonsense
             assert LAYER.flops(params, "fwd") > 0, preset

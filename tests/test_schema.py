@@ -24,7 +24,7 @@ from reports.schema import (
 from reports.writer import RunWriter, new_run_dir
 from suites.cases import BASELINE_IMPL, Case, plan
 from suites.config import BenchConfig
-from suites.presets import NOTES_SIZES, parse_size, preset_sizes
+from suites.presets import notes_size, parse_size, preset_sizes
 from suites.runner import CaseResult
 from suites.timing import Samples
 
@@ -223,10 +223,10 @@ def test_parse_size_parses_integers() -> None:
 
 
 def test_parse_size_overrides_the_base_without_changing_it() -> None:
-    base = dict(NOTES_SIZES["conv"])
+    base = dict(notes_size("conv"))
     size = parse_size("N=2,H=12", base)
-    assert size == {**NOTES_SIZES["conv"], "N": 2, "H": 12}
-    assert base == NOTES_SIZES["conv"]
+    assert size == {**notes_size("conv"), "N": 2, "H": 12}
+    assert base == notes_size("conv")
 
 
 @pytest.mark.parametrize("text", ["N8", "N=abc", "=3", "N=", "", "N=1.5", "N=8,,H=2", "N=8;H=2",
@@ -244,7 +244,7 @@ def test_preset_sizes_reject_an_unknown_preset() -> None:
 
 def test_every_preset_includes_the_notes_size() -> None:
     for preset in ("quick", "default", "full"):
-        assert NOTES_SIZES["conv"] in preset_sizes("conv", preset)
+        assert notes_size("conv") in preset_sizes("conv", preset)
 
 
 # --- plan -------------------------------------------------------------------------------------
@@ -284,7 +284,7 @@ def test_plan_puts_the_eager_builtin_first_in_every_group(
 
 
 def test_plan_with_a_custom_size_runs_exactly_that_size() -> None:
-    size = parse_size("N=2,C_in=3,H=12,W=12", NOTES_SIZES["conv"])
+    size = parse_size("N=2,C_in=3,H=12,W=12", notes_size("conv"))
     config = BenchConfig(layers=("conv",), impls=("im2col",), size=tuple(size.items()))
     cases = plan(config)
     assert {c.label for c in cases} == {LAYER.label(size)}
@@ -296,6 +296,6 @@ def test_plan_rejects_unknown_names_and_nonsense_sizes() -> None:
         plan(BenchConfig(layers=("conv",), impls=("nope",)))
     with pytest.raises(KeyError):
         plan(BenchConfig(layers=("nolayer",)))
-    bad = tuple({**NOTES_SIZES["conv"], "k": 100}.items())
+    bad = tuple({**notes_size("conv"), "k": 100}.items())
     with pytest.raises(ValueError):
         plan(BenchConfig(layers=("conv",), size=bad))
