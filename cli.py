@@ -184,7 +184,8 @@ def _run_bench(config: BenchConfig, cases: list[Case], quiet: bool) -> int:
     use_project_cache()
     params = [p for name in config.layers for p in REGISTRY.layer(name).params]
     try:
-        run_dir = new_run_dir(config.out, "-".join((*config.layers, *config.devices)))
+        what = config.layers[0] if len(config.layers) == 1 else "all"
+        run_dir = new_run_dir(config.out, "-".join((what, *config.devices)))
     except OSError as exc:
         raise InputError(f"--out {config.out}: cannot create the run directory "
                          f"({exc.strerror or exc})") from None

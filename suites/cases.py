@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import torch
+
 from impls.registry import REGISTRY, Params
 from suites.config import BenchConfig
 from suites.presets import preset_sizes
@@ -45,15 +47,14 @@ def plan(config: BenchConfig) -> list[Case]:
     """Every case of the run, grouped by size; each group starts with its eager builtin.
 
     The eager builtin is always run, as the baseline of ``speedup_vs_builtin``, even when
-    ``--impl`` does not name it. Raises ``KeyError`` on an unknown name and ``ValueError`` on a
-    size that makes no sense, before anything runs.
+    ``--impl`` does not name it. Implementations made for other devices only (e.g. CUDA's SDPA
+    backends on a CPU run) are left out unless ``--impl`` names them. Raises ``KeyError`` on an
+    unknown name and ``ValueError`` on a size that makes no sense, before anything runs.
     """
     cases: list[Case] = []
     for layer_name in config.layers:
         layer = REGISTRY.layer(layer_name)
-        names = list(config.impls) or [i.name for i in REGISTRY.impls(layer_name)]
-        for name in names:
-            REGISTRY.impl(layer_name, name)
+        names = _impl_names(config, layer_name)
         has_baseline = any(i.name == BASELINE_IMPL for i in REGISTRY.impls(layer_name))
         sizes = sizes_for(config, layer_name)
         for size in sizes:
@@ -65,10 +66,28 @@ def plan(config: BenchConfig) -> list[Case]:
         for device, dtype, mode, size in itertools.product(
                 config.devices, config.dtypes, modes, sizes):
             params = tuple((p, size[p]) for p in layer.params)
+            device_type = torch.device(device).type
             group = [Case(layer_name, name, compile_mode, params, device, dtype, mode)
-                     for compile_mode in config.compile_modes for name in names]
+                     for compile_mode in config.compile_modes for name in names
+                     if config.impls or device_type in REGISTRY.impl(layer_name, name).devices]
             if has_baseline:
                 baseline = group[0].baseline
                 group = [baseline] + [c for c in group if c != baseline]
             cases.extend(group)
     return cases
+
+
+def _impl_names(config: BenchConfig, layer: str) -> list[str]:
+    """The ``--impl`` names (with several layers: those this layer has), or all of the layer's."""
+    known = [i.name for i in REGISTRY.impls(layer)]
+    if not config.impls:
+        return known
+    if len(config.layers) == 1:
+        for name in config.impls:
+            REGISTRY.impl(layer, name)  # KeyError with the valid choices
+        return list(config.impls)
+    everywhere = {i.name for other in config.layers for i in REGISTRY.impls(other)}
+    unknown = [n for n in config.impls if n not in everywhere]
+    if unknown:
+        raise KeyError(f"unknown implementation {unknown[0]!r} (no layer of this run has it)")
+    return [n for n in config.impls if n in known]
