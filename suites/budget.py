@@ -18,6 +18,8 @@ from suites.config import BenchConfig
 from suites.correctness import bind, make_trial
 from suites.timing import SLOW_CALL_S, format_seconds, synchronize
 
+CALIBRATION_S = 0.5  # time spent measuring one calibration, at most (beyond two calls)
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -39,15 +41,20 @@ def case_seconds(per_call_s: float, config: BenchConfig) -> float:
 
 def predict(impl: Impl, layer: Layer, params: Params, dtype: torch.dtype, device: str,
             mode: str, config: BenchConfig) -> Prediction:
-    """Time ``impl`` at the calibration size (best of two calls) and scale by FLOPs."""
+    """Time ``impl`` at the calibration size and scale by FLOPs.
+
+    The best of up to five calls (at least two, stopping after ``CALIBRATION_S``): on a busy
+    machine a single call can stall for milliseconds, which would skip a loop that is cheap.
+    """
     small = layer.calibration_params(params)
     step = bind(impl.fn, make_trial(layer, small, config.seed, dtype, device, mode))
-    best = float("inf")
-    for _ in range(2):
+    best, spent, calls = float("inf"), 0.0, 0
+    while calls < 2 or (calls < 5 and spent < CALIBRATION_S):
         synchronize(device)
         start = time.perf_counter()
         step()
         synchronize(device)
-        best = min(best, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        best, spent, calls = min(best, elapsed), spent + elapsed, calls + 1
     per_call_s = best * layer.flops(params, mode) / max(layer.flops(small, mode), 1)
     return Prediction(per_call_s, case_seconds(per_call_s, config))
