@@ -20,6 +20,7 @@ from impls.registry import (
     Impl,
     Layer,
     RegistryError,
+    Unsupported,
     register_impl,
     register_layer,
 )
@@ -30,7 +31,15 @@ _found = {m.name for m in pkgutil.iter_modules(__path__)} - {"registry"}
 for _module in [m for m in _NOTES_ORDER if m in _found] + sorted(_found - set(_NOTES_ORDER)):
     importlib.import_module(f"{__name__}.{_module}")
 
+# The notes' modules, each computing with a chosen implementation (``impl=``).
+from impls.attention import ScaledDotProductAttention  # noqa: E402
+from impls.bn import MyBatchNorm2d  # noqa: E402
+from impls.cnn import MyCNN  # noqa: E402
 from impls.conv import MyConv2d  # noqa: E402
+from impls.mha import MultiHeadAttention  # noqa: E402
+from impls.rnn import myRNN  # noqa: E402
 
-__all__ = ["DTYPE_NAMES", "MODES", "REGISTRY", "CaseInputs", "Impl", "Layer", "MyConv2d",
-           "RegistryError", "register_impl", "register_layer"]
+__all__ = ["DTYPE_NAMES", "MODES", "REGISTRY", "CaseInputs", "Impl", "Layer",
+           "MultiHeadAttention", "MyBatchNorm2d", "MyCNN", "MyConv2d", "RegistryError",
+           "ScaledDotProductAttention", "Unsupported", "myRNN", "register_impl",
+           "register_layer"]

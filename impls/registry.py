@@ -148,6 +148,14 @@ class Impl:
         return ""
 
 
+class Unsupported(Exception):
+    """Raised by an implementation for a case outside what it can do (the case is ``skipped``).
+
+    For limits that depend on the inputs, not on the device, dtype or mode that ``register_impl``
+    declares: e.g. a FlashAttention backend that takes no mask.
+    """
+
+
 class RegistryError(ValueError):
     """A registration that cannot be accepted (unknown layer, duplicate name, empty file)."""
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
-from impls.registry import DTYPE_NAMES, REGISTRY
+from impls.registry import DTYPE_NAMES, REGISTRY, Unsupported
 from suites.budget import predict
 from suites.cases import Case
 from suites.compilation import compiled
@@ -136,6 +136,8 @@ def run_case(case: Case, config: BenchConfig) -> CaseResult:
     try:
         with torch.set_grad_enabled(case.mode != "fwd"), _on_device(case.device):
             _measure_case(case, config, result)
+    except Unsupported as exc:
+        result.status, result.reason, result.samples = "skipped", str(exc), None
     except Exception as exc:  # failure is data: the run goes on
         result.status, result.reason = _failure(exc)
         result.samples = None
