@@ -38,8 +38,18 @@ from impls.cnn import MyCNN  # noqa: E402
 from impls.conv import MyConv2d  # noqa: E402
 from impls.mha import MultiHeadAttention  # noqa: E402
 from impls.rnn import myRNN  # noqa: E402
+from impls.transformer_parts import (  # noqa: E402
+    Decoder,
+    DecoderLayer,
+    Encoder,
+    EncoderLayer,
+    PositionalEncoding,
+    PositionwiseFeedForward,
+    Transformer,
+)
 
-__all__ = ["DTYPE_NAMES", "MODES", "REGISTRY", "CaseInputs", "Impl", "Layer",
-           "MultiHeadAttention", "MyBatchNorm2d", "MyCNN", "MyConv2d", "RegistryError",
-           "ScaledDotProductAttention", "Unsupported", "myRNN", "register_impl",
+__all__ = ["DTYPE_NAMES", "MODES", "REGISTRY", "CaseInputs", "Decoder", "DecoderLayer",
+           "Encoder", "EncoderLayer", "Impl", "Layer", "MultiHeadAttention", "MyBatchNorm2d",
+           "MyCNN", "MyConv2d", "PositionalEncoding", "PositionwiseFeedForward", "RegistryError",
+           "ScaledDotProductAttention", "Transformer", "Unsupported", "myRNN", "register_impl",
            "register_layer"]

@@ -1,0 +1,553 @@
+"""Encoder, Decoder and the whole Transformer of the course notes, with a choice of attention.
+
+Three layers: ``encoder`` (the Encoder stack: ``src_seq, src_mask -> enc_output``), ``decoder``
+(the Decoder stack: ``trg_seq, trg_mask, enc_output, src_mask -> dec_output``) and
+``transformer`` (``src_seq, trg_seq -> logits (N * trg_len, n_vocab)``). Each has one
+implementation per attention implementation (``loops``, ``matmul``, ``einsum``, ``blockwise``,
+``builtin``; on CUDA ``sdpa_math``, ``sdpa_efficient``, ``sdpa_cudnn``), all computing the
+repository's structure (``impls.transformer_parts``) with their own multi-head projections, and
+``torch_layers`` on nn.TransformerEncoderLayer / nn.TransformerDecoderLayer with the weights
+mapped in. ``sdpa_flash`` is left out: it takes no attention mask and every case here is masked.
+
+The ``transformer`` layer uses the repository's defaults: ``trg_emb_prj_weight_sharing`` and
+``emb_src_trg_weight_sharing`` on (one ``emb`` table, listed once in ``grad``) and
+``scale_emb_or_prj = "prj"`` (logits scaled by ``d_model ** -0.5``).
+
+The nn.Modules (PositionalEncoding, PositionwiseFeedForward, EncoderLayer, DecoderLayer,
+Encoder, Decoder, Transformer; defined in ``impls.transformer_parts``) mirror the repository,
+parameter names included, so its ``state_dict`` loads; ``impl=`` picks the attention
+implementation.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from abc import abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from impls.registry import REGISTRY, CaseInputs, Layer, Params, register_impl, register_layer
+from impls.transformer_parts import (
+    KINK_MARGIN,
+    LN_EPS,
+    N_POSITION,
+    AttnWeights,
+    Decoder,
+    DecoderLayer,
+    DecoderLayerFn,
+    Encoder,
+    EncoderLayer,
+    EncoderLayerFn,
+    FFNWeights,
+    MultiHeadSublayer,
+    PositionalEncoding,
+    PositionwiseFeedForward,
+    Transformer,
+    decoder_forward,
+    encoder_forward,
+    get_pad_mask,
+    get_subsequent_mask,
+    kink_free_layers,
+    reference_attention,
+    seed_layers,
+    sinusoid_table,
+    transformer_forward,
+)
+
+_MODEL = ("n_layers", "d_model", "n_head", "d_k", "d_v", "d_inner", "n_vocab")
+_LABELS = {"seq_len": "L", "src_len": "S", "trg_len": "T", "n_layers": "nl", "d_model": "dm",
+           "n_head": "h", "d_k": "dk", "d_v": "dv", "d_inner": "di", "n_vocab": "V"}
+_LINEAR = ("w_qs", "w_ks", "w_vs", "fc", "w_1", "w_2")
+
+
+def _stack_shapes(prefix: str, p: Params, cross: bool) -> dict[str, tuple[int, ...]]:
+    """Shapes of a stack's front-end LayerNorm and its stacked per-layer weights."""
+    L, D, H, d_k, d_v, d_inner = (p[n] for n in ("n_layers", "d_model", "n_head", "d_k", "d_v",
+                                                 "d_inner"))
+
+    def attn(sub: str) -> dict[str, tuple[int, ...]]:
+        return {f"{prefix}{sub}w_qs": (L, H * d_k, D), f"{prefix}{sub}w_ks": (L, H * d_k, D),
+                f"{prefix}{sub}w_vs": (L, H * d_v, D), f"{prefix}{sub}fc": (L, D, H * d_v),
+                f"{prefix}{sub}ln_w": (L, D), f"{prefix}{sub}ln_b": (L, D)}
+
+    return {f"{prefix}ln_w": (D,), f"{prefix}ln_b": (D,), **attn("slf_"),
+            **(attn("enc_") if cross else {}),
+            f"{prefix}ffn_w_1": (L, d_inner, D), f"{prefix}ffn_b_1": (L, d_inner),
+            f"{prefix}ffn_w_2": (L, D, d_inner), f"{prefix}ffn_b_2": (L, D),
+            f"{prefix}ffn_ln_w": (L, D), f"{prefix}ffn_ln_b": (L, D)}
+
+
+def _init(name: str, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    """Random normal, scaled so every sublayer's output is O(1) (float16 does not overflow)."""
+    x = torch.randn(shape, generator=generator, dtype=torch.float64)
+    if name.endswith("ln_w"):
+        return 1 + 0.1 * x  # LayerNorm gains near 1
+    if name.endswith(("ln_b", "b_1", "b_2")):
+        return 0.1 * x
+    if name.endswith(_LINEAR):
+        return x / math.sqrt(shape[-1])  # / sqrt(fan_in)
+    return x  # emb, enc_output
+
+
+def _tokens(generator: torch.Generator, N: int, length: int, n_vocab: int,
+            pad_idx: int) -> Tensor:
+    """``(N, length)`` ids: real tokens, then trailing ``pad_idx`` in every row (real length
+    ``ceil(length / 2) .. length - 1``; never a fully padded row)."""
+    ids = torch.randint(0, n_vocab - 1, (N, length), generator=generator)
+    ids = ids + (ids >= pad_idx).long()  # real tokens skip pad_idx
+    low = (length + 1) // 2
+    lengths = torch.randint(low, max(length, low + 1), (N,), generator=generator)
+    return ids.masked_fill(torch.arange(length) >= lengths[:, None], pad_idx)
+
+
+def _mha_flops(N: int, len_q: int, len_k: int, p: Params) -> int:
+    D, H, d_k, d_v = p["d_model"], p["n_head"], p["d_k"], p["d_v"]
+    projections = 2 * N * D * H * (len_q * d_k + len_k * (d_k + d_v) + len_q * d_v)
+    scores_and_values = 2 * N * H * len_q * len_k * (d_k + d_v)
+    return projections + scores_and_values
+
+
+def _ffn_flops(N: int, length: int, p: Params) -> int:
+    return 4 * N * length * p["d_model"] * p["d_inner"]
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+class _TransformerPart(Layer):
+    """What the three layers share: size checks, cost formulas, bytes from the input shapes."""
+
+    labels: ClassVar[dict[str, str]] = _LABELS
+    lengths: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, pad_idx: int = 0) -> None:
+        self.pad_idx = pad_idx
+
+    def check(self, params: Params) -> None:
+        super().check(params)
+        for p in self.params:
+            if params[p] < 1:
+                raise ValueError(f"{self.name}: {p} must be >= 1, got {params[p]}")
+        if params["n_vocab"] < 2:
+            raise ValueError(f"{self.name}: n_vocab must be >= 2 (the pad token and at least "
+                             f"one real token), got {params['n_vocab']}")
+        for p in self.lengths:
+            if params[p] > N_POSITION:
+                raise ValueError(f"{self.name}: {p} = {params[p]} exceeds the positional "
+                                 f"table's n_position = {N_POSITION}")
+
+    @abstractmethod
+    def float_shapes(self, params: Params) -> dict[str, tuple[int, ...]]:
+        """Floating inputs that receive gradients (all of them but ``pos_table``)."""
+
+    @abstractmethod
+    def random_inputs(self, params: Params, generator: torch.Generator) -> CaseInputs:
+        """Seeded tokens, masks and weights, before ``make_inputs`` conditions ``ffn_b_1``."""
+
+    @abstractmethod
+    def run(self, layers: tuple[EncoderLayerFn, DecoderLayerFn], **inputs: Any) -> Tensor:
+        """The layer's computation with the given EncoderLayer / DecoderLayer functions."""
+
+    def make_inputs(self, params: Params, generator: torch.Generator) -> CaseInputs:
+        inputs = self.random_inputs(params, generator)
+        # Nudge every ffn_b_1 clear of the ReLU's kink (see kink_free_layers). float32 is plenty
+        # (it errs by ~1e-6 where the margin is 1e-4) and twice as fast as float64.
+        probe = inputs.to(torch.float32, "cpu")
+        with torch.no_grad():
+            self.run(kink_free_layers(params["n_head"]), **probe.tensors, **probe.static)
+        for name, t in inputs.tensors.items():
+            if name.endswith("ffn_b_1"):
+                t.copy_(probe.tensors[name])
+        return inputs
+
+    def reference(self, **inputs: Any) -> Tensor:
+        return self.run(seed_layers(inputs["n_head"], reference_attention), **inputs)
+
+    @abstractmethod
+    def other_bytes(self, params: Params) -> int:
+        """Token ids (int64) and boolean masks."""
+
+    @abstractmethod
+    def output_numel(self, params: Params) -> int:
+        """Defined by each layer."""
+
+    def bytes_moved(self, params: Params, dtype: torch.dtype, mode: str) -> int:
+        grads = sum(_numel(s) for s in self.float_shapes(params).values())
+        out = self.output_numel(params)
+        elements = grads + N_POSITION * params["d_model"] + out
+        if mode == "fwdbwd":  # read grad_out and every weight again; write every gradient
+            elements += out + 2 * grads
+        return elements * torch.empty((), dtype=dtype).element_size() + self.other_bytes(params)
+
+    def calibration_params(self, params: Params) -> dict[str, int]:
+        # The loops run one iteration per query position, each over every batch element, head
+        # and key: one layer and at most 4 positions keep the cost per iteration (and per FLOP).
+        return {**params, "n_layers": 1, **{p: min(params[p], 4) for p in self.lengths}}
+
+
+class EncoderStack(_TransformerPart):
+    name = "encoder"
+    title = "Encoder (stack of EncoderLayer)"
+    params = ("N", "seq_len", *_MODEL)
+    lengths = ("seq_len",)
+
+    def __init__(self, pad_idx: int = 0, scale_emb: bool = False) -> None:
+        super().__init__(pad_idx)
+        self.scale_emb = scale_emb
+
+    def float_shapes(self, params: Params) -> dict[str, tuple[int, ...]]:
+        return {"emb": (params["n_vocab"], params["d_model"]),
+                **_stack_shapes("", params, cross=False)}
+
+    def random_inputs(self, params: Params, generator: torch.Generator) -> CaseInputs:
+        src_seq = _tokens(generator, params["N"], params["seq_len"], params["n_vocab"],
+                          self.pad_idx)
+        floats = {n: _init(n, s, generator) for n, s in self.float_shapes(params).items()}
+        return CaseInputs(
+            tensors={"src_seq": src_seq, "src_mask": get_pad_mask(src_seq, self.pad_idx),
+                     "pos_table": sinusoid_table(N_POSITION, params["d_model"]), **floats},
+            static={"pad_idx": self.pad_idx, "n_head": params["n_head"],
+                    "scale_emb": self.scale_emb},
+            grad=tuple(floats))
+
+    def run(self, layers: tuple[EncoderLayerFn, DecoderLayerFn], src_seq: Tensor,
+            src_mask: Tensor, emb: Tensor, pos_table: Tensor, pad_idx: int, n_head: int,
+            scale_emb: bool, **weights: Tensor) -> Tensor:
+        return encoder_forward(src_seq, src_mask, emb, pos_table, weights, "", pad_idx,
+                               scale_emb, layers[0])
+
+    def flops(self, params: Params, mode: str) -> int:
+        # GEMMs only (projections, q k^T, attn v, FFN), as FlopCounterMode counts; embedding,
+        # LayerNorm, softmax and residual adds are left out. Backward: every GEMM has both
+        # operands requiring grad (the embedding feeds the first layer), so 2 more forwards.
+        N, L = params["N"], params["seq_len"]
+        fwd = params["n_layers"] * (_mha_flops(N, L, L, params) + _ffn_flops(N, L, params))
+        return fwd if mode == "fwd" else 3 * fwd
+
+    def other_bytes(self, params: Params) -> int:
+        tokens = params["N"] * params["seq_len"]
+        return 8 * tokens + tokens  # int64 ids, (N, 1, seq_len) bool mask
+
+    def output_numel(self, params: Params) -> int:
+        return params["N"] * params["seq_len"] * params["d_model"]
+
+
+class DecoderStack(_TransformerPart):
+    name = "decoder"
+    title = "Decoder (stack of DecoderLayer)"
+    params = ("N", "trg_len", "src_len", *_MODEL)
+    lengths = ("trg_len", "src_len")
+
+    def __init__(self, pad_idx: int = 0, scale_emb: bool = False) -> None:
+        super().__init__(pad_idx)
+        self.scale_emb = scale_emb
+
+    def float_shapes(self, params: Params) -> dict[str, tuple[int, ...]]:
+        N, D = params["N"], params["d_model"]
+        return {"enc_output": (N, params["src_len"], D), "emb": (params["n_vocab"], D),
+                **_stack_shapes("", params, cross=True)}
+
+    def random_inputs(self, params: Params, generator: torch.Generator) -> CaseInputs:
+        N, n_vocab = params["N"], params["n_vocab"]
+        trg_seq = _tokens(generator, N, params["trg_len"], n_vocab, self.pad_idx)
+        src_seq = _tokens(generator, N, params["src_len"], n_vocab, self.pad_idx)
+        floats = {n: _init(n, s, generator) for n, s in self.float_shapes(params).items()}
+        trg_mask = get_pad_mask(trg_seq, self.pad_idx) & get_subsequent_mask(trg_seq)
+        return CaseInputs(
+            tensors={"trg_seq": trg_seq, "trg_mask": trg_mask,  # (N, trg_len, trg_len)
+                     "src_mask": get_pad_mask(src_seq, self.pad_idx),  # (N, 1, src_len)
+                     "pos_table": sinusoid_table(N_POSITION, params["d_model"]), **floats},
+            static={"pad_idx": self.pad_idx, "n_head": params["n_head"],
+                    "scale_emb": self.scale_emb},
+            grad=tuple(floats))
+
+    def run(self, layers: tuple[EncoderLayerFn, DecoderLayerFn], trg_seq: Tensor,
+            trg_mask: Tensor, enc_output: Tensor, src_mask: Tensor, emb: Tensor,
+            pos_table: Tensor, pad_idx: int, n_head: int, scale_emb: bool,
+            **weights: Tensor) -> Tensor:
+        return decoder_forward(trg_seq, trg_mask, enc_output, src_mask, emb, pos_table, weights,
+                               "", pad_idx, scale_emb, layers[1])
+
+    def flops(self, params: Params, mode: str) -> int:
+        # As the encoder, with the cross-attention over src_len keys (enc_output needs grad).
+        N, T, S = params["N"], params["trg_len"], params["src_len"]
+        per_layer = (_mha_flops(N, T, T, params) + _mha_flops(N, T, S, params)
+                     + _ffn_flops(N, T, params))
+        fwd = params["n_layers"] * per_layer
+        return fwd if mode == "fwd" else 3 * fwd
+
+    def other_bytes(self, params: Params) -> int:
+        N, T, S = params["N"], params["trg_len"], params["src_len"]
+        return 8 * N * T + N * T * T + N * S  # int64 ids, bool trg_mask and src_mask
+
+    def output_numel(self, params: Params) -> int:
+        return params["N"] * params["trg_len"] * params["d_model"]
+
+
+class TransformerModel(_TransformerPart):
+    name = "transformer"
+    title = "Transformer (src, trg -> logits; shared embeddings, scale_emb_or_prj='prj')"
+    params = ("N", "src_len", "trg_len", *_MODEL)
+    lengths = ("src_len", "trg_len")
+
+    def __init__(self, pad_idx: int = 0, scale_emb_or_prj: str = "prj") -> None:
+        super().__init__(pad_idx)
+        if scale_emb_or_prj not in ("emb", "prj", "none"):
+            raise ValueError(f"scale_emb_or_prj must be 'emb', 'prj' or 'none', "
+                             f"got {scale_emb_or_prj!r}")
+        self.scale_emb_or_prj = scale_emb_or_prj
+
+    def float_shapes(self, params: Params) -> dict[str, tuple[int, ...]]:
+        return {"emb": (params["n_vocab"], params["d_model"]),  # shared by all three uses
+                **_stack_shapes("enc_", params, cross=False),
+                **_stack_shapes("dec_", params, cross=True)}
+
+    def random_inputs(self, params: Params, generator: torch.Generator) -> CaseInputs:
+        N, n_vocab = params["N"], params["n_vocab"]
+        src_seq = _tokens(generator, N, params["src_len"], n_vocab, self.pad_idx)
+        trg_seq = _tokens(generator, N, params["trg_len"], n_vocab, self.pad_idx)
+        floats = {n: _init(n, s, generator) for n, s in self.float_shapes(params).items()}
+        return CaseInputs(
+            tensors={"src_seq": src_seq, "trg_seq": trg_seq,
+                     "pos_table": sinusoid_table(N_POSITION, params["d_model"]), **floats},
+            static={"pad_idx": self.pad_idx, "n_head": params["n_head"],
+                    "scale_emb_or_prj": self.scale_emb_or_prj},
+            grad=tuple(floats))
+
+    def run(self, layers: tuple[EncoderLayerFn, DecoderLayerFn], src_seq: Tensor,
+            trg_seq: Tensor, emb: Tensor, pos_table: Tensor, pad_idx: int, n_head: int,
+            scale_emb_or_prj: str, **weights: Tensor) -> Tensor:
+        return transformer_forward(src_seq, trg_seq, emb, pos_table, weights, pad_idx,
+                                   scale_emb_or_prj, layers)
+
+    def flops(self, params: Params, mode: str) -> int:
+        # The encoder and decoder GEMMs plus the logits projection onto the shared table.
+        N, S, T = params["N"], params["src_len"], params["trg_len"]
+        encoder = _mha_flops(N, S, S, params) + _ffn_flops(N, S, params)
+        decoder = (_mha_flops(N, T, T, params) + _mha_flops(N, T, S, params)
+                   + _ffn_flops(N, T, params))
+        fwd = (params["n_layers"] * (encoder + decoder)
+               + 2 * N * T * params["d_model"] * params["n_vocab"])
+        return fwd if mode == "fwd" else 3 * fwd
+
+    def other_bytes(self, params: Params) -> int:
+        return 8 * params["N"] * (params["src_len"] + params["trg_len"])  # int64 ids
+
+    def output_numel(self, params: Params) -> int:
+        return params["N"] * params["trg_len"] * params["n_vocab"]
+
+
+ENCODER = register_layer(EncoderStack())
+DECODER = register_layer(DecoderStack())
+TRANSFORMER = register_layer(TransformerModel())
+
+
+# --- implementations: one per attention implementation, plus torch_layers -------------------
+
+#: the attention implementations the three layers are built on (sdpa_flash takes no mask)
+ATTENTIONS = ("loops", "matmul", "einsum", "blockwise", "builtin", "sdpa_math",
+              "sdpa_efficient", "sdpa_cudnn")
+
+
+def attention_fn(name: str) -> Callable[..., Any]:
+    """The registered attention implementation ``name``, looked up when called."""
+    return REGISTRY.impl("attention", name).fn
+
+
+def _encoder_impl(attention: str) -> Callable[..., Tensor]:
+    def impl(src_seq: Tensor, src_mask: Tensor, emb: Tensor, pos_table: Tensor, pad_idx: int,
+             n_head: int, scale_emb: bool, **weights: Tensor) -> Tensor:
+        layers = seed_layers(n_head, attention_fn(attention))
+        return encoder_forward(src_seq, src_mask, emb, pos_table, weights, "", pad_idx,
+                               scale_emb, layers[0])
+    return impl
+
+
+def _decoder_impl(attention: str) -> Callable[..., Tensor]:
+    def impl(trg_seq: Tensor, trg_mask: Tensor, enc_output: Tensor, src_mask: Tensor,
+             emb: Tensor, pos_table: Tensor, pad_idx: int, n_head: int, scale_emb: bool,
+             **weights: Tensor) -> Tensor:
+        layers = seed_layers(n_head, attention_fn(attention))
+        return decoder_forward(trg_seq, trg_mask, enc_output, src_mask, emb, pos_table,
+                               weights, "", pad_idx, scale_emb, layers[1])
+    return impl
+
+
+def _transformer_impl(attention: str) -> Callable[..., Tensor]:
+    def impl(src_seq: Tensor, trg_seq: Tensor, emb: Tensor, pos_table: Tensor, pad_idx: int,
+             n_head: int, scale_emb_or_prj: str, **weights: Tensor) -> Tensor:
+        return transformer_forward(src_seq, trg_seq, emb, pos_table, weights, pad_idx,
+                                   scale_emb_or_prj, seed_layers(n_head, attention_fn(attention)))
+    return impl
+
+
+_FAMILY_NOTES = {"matmul": "float16 fails: the notes' masked_fill(-1e9) does not fit and every "
+                           "case here is masked"}
+
+
+def _register_family(attention: str) -> None:
+    """``encoder_<attention>``, ``decoder_<attention>``, ``transformer_<attention>``, with the
+    attention implementation's devices, dtypes and naivety."""
+    base = REGISTRY.impl("attention", attention)
+    for layer, make in (("encoder", _encoder_impl), ("decoder", _decoder_impl),
+                        ("transformer", _transformer_impl)):
+        fn = make(attention)
+        fn.__name__ = fn.__qualname__ = f"{layer}_{attention}"
+        fn.__doc__ = f"The notes' structure, attention/{attention}: {base.description}"
+        register_impl(layer, attention, devices=tuple(base.devices), dtypes=tuple(base.dtypes),
+                      naive=base.naive, compilable=base.compilable,
+                      notes=_FAMILY_NOTES.get(attention, ""))(fn)
+
+
+for _attention in ATTENTIONS:
+    _register_family(_attention)
+
+
+# --- the same layers on nn.TransformerEncoderLayer / nn.TransformerDecoderLayer ---------------
+
+
+def _torch_masks(mask: Tensor | None, n_head: int) -> tuple[Tensor | None, Tensor | None]:
+    """A seed mask ``(N, 1 or len_q, len_k)`` (True = may attend) in PyTorch's convention
+    (True = masked): ``(attn_mask (N * n_head, len_q, len_k), key_padding_mask (N, len_k))``."""
+    if mask is None:
+        return None, None
+    if mask.size(1) == 1:
+        return None, ~mask.squeeze(1)  # (N, len_k): a pure key-padding mask
+    # PyTorch lays the heads out batch-major: row b * n_head + h holds sample b's mask
+    return (~mask).repeat_interleave(n_head, dim=0), None  # (N * n_head, len_q, len_k)
+
+
+def _attn_params(prefix: str, w: AttnWeights) -> dict[str, Tensor]:
+    """nn.MultiheadAttention's parameters carrying the seed's weights, with zero biases."""
+    d_model = w.fc.size(0)
+    zeros = w.fc.new_zeros
+    return {f"{prefix}.in_proj_weight": torch.cat([w.w_qs, w.w_ks, w.w_vs]),  # (3 d, d)
+            f"{prefix}.in_proj_bias": zeros(3 * d_model),
+            f"{prefix}.out_proj.weight": w.fc, f"{prefix}.out_proj.bias": zeros(d_model)}
+
+
+def _ffn_params(w: FFNWeights, norm: str) -> dict[str, Tensor]:
+    return {"linear1.weight": w.w_1, "linear1.bias": w.b_1, "linear2.weight": w.w_2,
+            "linear2.bias": w.b_2, f"{norm}.weight": w.ln_w, f"{norm}.bias": w.ln_b}
+
+
+def _torch_modules(d_model: int, n_head: int, d_inner: int
+                   ) -> tuple[nn.TransformerEncoderLayer, nn.TransformerDecoderLayer]:
+    """The cached torch layers, built outside any graph (dynamo would trace the constructors).
+
+    ``torch.compiler.disable`` is applied here, at call time, not as a decorator: a decorator
+    would import dynamo (about a second) whenever ``impls`` is imported.
+    """
+    return torch.compiler.disable(_build_torch_modules)(d_model, n_head, d_inner)
+
+
+@functools.lru_cache(maxsize=32)
+def _build_torch_modules(d_model: int, n_head: int, d_inner: int
+                         ) -> tuple[nn.TransformerEncoderLayer, nn.TransformerDecoderLayer]:
+    """nn.TransformerEncoderLayer and nn.TransformerDecoderLayer on the meta device: no memory,
+    no init, only the structure that ``functional_call`` runs on our weights.
+
+    Cached because building them costs about two milliseconds, as much as a small stack's
+    forward. ``bias=True`` applies to every linear and LayerNorm: the seed's FFN and LayerNorms
+    have biases, its attention projections do not, so those get zero biases (an exact mapping).
+    """
+    kwargs: dict[str, Any] = dict(
+        d_model=d_model, nhead=n_head, dim_feedforward=d_inner, dropout=0.0, activation="relu",
+        layer_norm_eps=LN_EPS, batch_first=True, norm_first=False, bias=True, device="meta")
+    return (nn.TransformerEncoderLayer(**kwargs).eval(),
+            nn.TransformerDecoderLayer(**kwargs).eval())
+
+
+def torch_encoder_layer(x: Tensor, slf_attn_mask: Tensor | None, slf: AttnWeights,
+                        ffn: FFNWeights, *, module: nn.TransformerEncoderLayer,
+                        n_head: int) -> Tensor:
+    """EncoderLayer as nn.TransformerEncoderLayer (post-norm, relu, eps 1e-6) with the seed's
+    weights mapped in; ``functional_call`` runs it on our tensors, so gradients reach them."""
+    attn_mask, key_padding_mask = _torch_masks(slf_attn_mask, n_head)
+    params = {**_attn_params("self_attn", slf), "norm1.weight": slf.ln_w,
+              "norm1.bias": slf.ln_b, **_ffn_params(ffn, "norm2")}
+    return functional_call(module, params, (x,), {
+        "src_mask": attn_mask, "src_key_padding_mask": key_padding_mask})
+
+
+def torch_decoder_layer(x: Tensor, enc_output: Tensor, slf_attn_mask: Tensor | None,
+                        dec_enc_attn_mask: Tensor | None, slf: AttnWeights, enc: AttnWeights,
+                        ffn: FFNWeights, *, module: nn.TransformerDecoderLayer,
+                        n_head: int) -> Tensor:
+    """DecoderLayer as nn.TransformerDecoderLayer with the seed's weights mapped in."""
+    tgt_mask, tgt_key_padding_mask = _torch_masks(slf_attn_mask, n_head)
+    memory_mask, memory_key_padding_mask = _torch_masks(dec_enc_attn_mask, n_head)
+    params = {**_attn_params("self_attn", slf), "norm1.weight": slf.ln_w,
+              "norm1.bias": slf.ln_b, **_attn_params("multihead_attn", enc),
+              "norm2.weight": enc.ln_w, "norm2.bias": enc.ln_b, **_ffn_params(ffn, "norm3")}
+    return functional_call(module, params, (x, enc_output), {
+        "tgt_mask": tgt_mask, "memory_mask": memory_mask,
+        "tgt_key_padding_mask": tgt_key_padding_mask,
+        "memory_key_padding_mask": memory_key_padding_mask})
+
+
+def torch_layers(n_head: int, weights: Mapping[str, Tensor], prefix: str = ""
+                 ) -> tuple[EncoderLayerFn, DecoderLayerFn]:
+    """EncoderLayer and DecoderLayer on PyTorch's own Transformer layers, sized from the stacked
+    ``prefix + "slf_*"`` and ``prefix + "ffn_*"`` weights.
+
+    Raises ``ValueError`` unless ``n_head * d_k == n_head * d_v == d_model``: PyTorch splits
+    d_model into the heads, the notes size them freely.
+    """
+    _, qk, d_model = weights[prefix + "slf_w_qs"].shape  # (n_layers, n_head * d_k, d_model)
+    v = weights[prefix + "slf_w_vs"].size(1)
+    if qk != d_model or v != d_model:
+        raise ValueError(f"torch_layers needs n_head * d_k == n_head * d_v == d_model (PyTorch "
+                         f"splits d_model into heads); got n_head * d_k = {qk}, "
+                         f"n_head * d_v = {v}, d_model = {d_model}")
+    encoder, decoder = _torch_modules(d_model, n_head, weights[prefix + "ffn_w_1"].size(1))
+    return (functools.partial(torch_encoder_layer, module=encoder, n_head=n_head),
+            functools.partial(torch_decoder_layer, module=decoder, n_head=n_head))
+
+
+_TORCH_NOTES = ("exact mapping (zero biases on the attention projections); needs n_head * d_k "
+                "== n_head * d_v == d_model; fwd may take PyTorch's fused fast path")
+
+
+@register_impl("encoder", "torch_layers", notes=_TORCH_NOTES)
+def encoder_torch_layers(src_seq: Tensor, src_mask: Tensor, emb: Tensor, pos_table: Tensor,
+                         pad_idx: int, n_head: int, scale_emb: bool, **weights: Tensor) -> Tensor:
+    """nn.TransformerEncoderLayer stack (post-norm, relu, eps 1e-6), key-padding mask."""
+    layers = torch_layers(n_head, weights)
+    return encoder_forward(src_seq, src_mask, emb, pos_table, weights, "", pad_idx, scale_emb,
+                           layers[0])
+
+
+@register_impl("decoder", "torch_layers", notes=_TORCH_NOTES.split("; fwd")[0])
+def decoder_torch_layers(trg_seq: Tensor, trg_mask: Tensor, enc_output: Tensor,
+                         src_mask: Tensor, emb: Tensor, pos_table: Tensor, pad_idx: int,
+                         n_head: int, scale_emb: bool, **weights: Tensor) -> Tensor:
+    """nn.TransformerDecoderLayer stack; trg_mask as a per-head attn_mask."""
+    layers = torch_layers(n_head, weights)
+    return decoder_forward(trg_seq, trg_mask, enc_output, src_mask, emb, pos_table, weights, "",
+                           pad_idx, scale_emb, layers[1])
+
+
+@register_impl("transformer", "torch_layers", notes=_TORCH_NOTES)
+def transformer_torch_layers(src_seq: Tensor, trg_seq: Tensor, emb: Tensor, pos_table: Tensor,
+                             pad_idx: int, n_head: int, scale_emb_or_prj: str,
+                             **weights: Tensor) -> Tensor:
+    """The model on nn.TransformerEncoderLayer / nn.TransformerDecoderLayer (not nn.Transformer,
+    whose stacks end in a LayerNorm the notes do not have)."""
+    layers = torch_layers(n_head, weights, "enc_")
+    return transformer_forward(src_seq, trg_seq, emb, pos_table, weights, pad_idx,
+                               scale_emb_or_prj, layers)
+
+
+__all__ = ["ATTENTIONS", "DECODER", "ENCODER", "KINK_MARGIN", "TRANSFORMER", "Decoder",
+           "DecoderLayer", "DecoderStack", "Encoder", "EncoderLayer", "EncoderStack",
+           "MultiHeadSublayer", "PositionalEncoding", "PositionwiseFeedForward", "Transformer",
+           "TransformerModel", "attention_fn", "decoder_torch_layers", "encoder_torch_layers",
+           "get_pad_mask", "get_subsequent_mask", "sinusoid_table", "torch_layers",
+           "transformer_torch_layers"]

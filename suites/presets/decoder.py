@@ -1,0 +1,31 @@
+"""Decoder sizes: N, trg_len, src_len, n_layers, d_model, n_head, d_k, d_v, d_inner, n_vocab.
+
+Target ids with trailing padding (pad_idx 0), trg_mask = padding AND subsequent (lower
+triangular incl. the diagonal), a random ``enc_output`` and a source padding mask; scale_emb
+off. Lengths are at most the positional table's n_position = 200.
+"""
+
+from impls.transformer import DECODER
+from suites.presets import sizes
+
+PARAMS = DECODER.params
+
+# The quoted repository's model (6 layers, d_model 512, n_head 8, d_k = d_v = 64, d_inner
+# 2048) on a short padded batch.
+NOTES = sizes(PARAMS, (4, 32, 32, 6, 512, 8, 64, 64, 2048, 1000))[0]
+
+_TINY = (2, 5, 7, 1, 16, 2, 8, 8, 32, 50)  # small enough for the per-query loops
+_SEQ = [(4, n, n, 2, 256, 4, 64, 64, 1024, 1000) for n in (16, 64, 200)]
+_WIDTH = [(4, 64, 64, 2, d, 4, d // 4, d // 4, 4 * d, 1000) for d in (64, 512)]
+
+PRESETS = {
+    # seconds: tiny shapes (trg_len != src_len), and the notes' size
+    "quick": sizes(PARAMS, _TINY, (3, 8, 4, 2, 24, 3, 8, 8, 40, 30), tuple(NOTES.values())),
+    # lengths 16..200 at d_model 256, d_model 64..512 at length 64, and the notes' size
+    "default": sizes(PARAMS, *_SEQ, *_WIDTH, tuple(NOTES.values())),
+    "full": sizes(PARAMS,
+        _TINY, *_SEQ, *_WIDTH, tuple(NOTES.values()),
+        (32, 100, 100, 6, 512, 8, 64, 64, 2048, 10000),  # a translation batch
+        (16, 200, 200, 6, 1024, 16, 64, 64, 4096, 10000),  # the paper's "big" width
+    ),
+}
