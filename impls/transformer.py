@@ -4,10 +4,11 @@ Three layers: ``encoder`` (the Encoder stack: ``src_seq, src_mask -> enc_output`
 (the Decoder stack: ``trg_seq, trg_mask, enc_output, src_mask -> dec_output``) and
 ``transformer`` (``src_seq, trg_seq -> logits (N * trg_len, n_vocab)``). Each has one
 implementation per attention implementation (``loops``, ``matmul``, ``einsum``, ``blockwise``,
-``builtin``; on CUDA ``sdpa_math``, ``sdpa_efficient``, ``sdpa_cudnn``), all computing the
-repository's structure (``impls.transformer_parts``) with their own multi-head projections, and
-``torch_layers`` on nn.TransformerEncoderLayer / nn.TransformerDecoderLayer with the weights
-mapped in. ``sdpa_flash`` is left out: it takes no attention mask and every case here is masked.
+``builtin``; on CUDA ``sdpa_math``, ``sdpa_flash``, ``sdpa_efficient``, ``sdpa_cudnn``), all
+computing the repository's structure (``impls.transformer_parts``) with their own multi-head
+projections, and ``torch_layers`` on nn.TransformerEncoderLayer / nn.TransformerDecoderLayer
+with the weights mapped in. ``sdpa_flash`` takes no attention mask and every case here is
+masked, so its cases are skipped (``Unsupported``).
 
 The ``transformer`` layer uses the repository's defaults: ``trg_emb_prj_weight_sharing`` and
 ``emb_src_trg_weight_sharing`` on (one ``emb`` table, listed once in ``grad``) and
@@ -31,7 +32,15 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from impls.registry import REGISTRY, CaseInputs, Layer, Params, register_impl, register_layer
+from impls.registry import (
+    REGISTRY,
+    CaseInputs,
+    Layer,
+    Params,
+    Unsupported,
+    register_impl,
+    register_layer,
+)
 from impls.transformer_parts import (
     KINK_MARGIN,
     LN_EPS,
@@ -350,8 +359,8 @@ TRANSFORMER = register_layer(TransformerModel())
 
 # --- implementations: one per attention implementation, plus torch_layers -------------------
 
-#: the attention implementations the three layers are built on (sdpa_flash takes no mask)
-ATTENTIONS = ("loops", "matmul", "einsum", "blockwise", "builtin", "sdpa_math",
+#: the attention implementations the three layers are built on
+ATTENTIONS = ("loops", "matmul", "einsum", "blockwise", "builtin", "sdpa_math", "sdpa_flash",
               "sdpa_efficient", "sdpa_cudnn")
 
 
@@ -388,7 +397,9 @@ def _transformer_impl(attention: str) -> Callable[..., Tensor]:
 
 
 _FAMILY_NOTES = {"matmul": "float16 fails: the notes' masked_fill(-1e9) does not fit and every "
-                           "case here is masked"}
+                           "case here is masked",
+                 "sdpa_flash": "flash takes no mask and every case here is masked (padding), so "
+                               "every case is skipped; listed for completeness"}
 
 
 def _register_family(attention: str) -> None:
@@ -497,13 +508,13 @@ def torch_layers(n_head: int, weights: Mapping[str, Tensor], prefix: str = ""
     """EncoderLayer and DecoderLayer on PyTorch's own Transformer layers, sized from the stacked
     ``prefix + "slf_*"`` and ``prefix + "ffn_*"`` weights.
 
-    Raises ``ValueError`` unless ``n_head * d_k == n_head * d_v == d_model``: PyTorch splits
-    d_model into the heads, the notes size them freely.
+    Raises ``Unsupported`` (the case is skipped) unless ``n_head * d_k == n_head * d_v ==
+    d_model``: PyTorch splits d_model into the heads, the notes size them freely.
     """
     _, qk, d_model = weights[prefix + "slf_w_qs"].shape  # (n_layers, n_head * d_k, d_model)
     v = weights[prefix + "slf_w_vs"].size(1)
     if qk != d_model or v != d_model:
-        raise ValueError(f"torch_layers needs n_head * d_k == n_head * d_v == d_model (PyTorch "
+        raise Unsupported(f"torch_layers needs n_head * d_k == n_head * d_v == d_model (PyTorch "
                          f"splits d_model into heads); got n_head * d_k = {qk}, "
                          f"n_head * d_v = {v}, d_model = {d_model}")
     encoder, decoder = _torch_modules(d_model, n_head, weights[prefix + "ffn_w_1"].size(1))

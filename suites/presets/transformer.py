@@ -22,8 +22,9 @@ _WIDTH = [(4, 64, 64, 2, d, 4, d // 4, d // 4, 4 * d, 1000) for d in (64, 512)]
 PRESETS = {
     # seconds: tiny shapes (src_len != trg_len), and the notes' size
     "quick": sizes(PARAMS, _TINY, (3, 4, 8, 2, 24, 3, 8, 8, 40, 30), tuple(NOTES.values())),
-    # lengths 16..200 at d_model 256, d_model 512 at length 64, and the notes' size
-    "default": sizes(PARAMS, *_SEQ, _WIDTH[1], tuple(NOTES.values())),
+    # lengths 16..200 at d_model 256, and the notes' size (d_model 512, 6 + 6 layers); the
+    # whole model costs about twice a stack, so one width fewer than encoder and decoder
+    "default": sizes(PARAMS, *_SEQ, tuple(NOTES.values())),
     "full": sizes(PARAMS,
         _TINY, *_SEQ, *_WIDTH, tuple(NOTES.values()),
         (32, 100, 100, 6, 512, 8, 64, 64, 2048, 10000),  # a translation batch
