@@ -73,6 +73,10 @@ class Layer(ABC):
     #: names of the outputs when the reference returns a tuple (e.g. ``("output", "attn")``);
     #: the first, always called "output", is the one back-propagated and measured
     output_names: ClassVar[tuple[str, ...]] = ("output",)
+    #: factor on ``atol`` for gradients: deep stacks compute some gradients by cancelling large
+    #: terms (e.g. the Transformer's query/key weights), so float32 rounding lands a few
+    #: elements past the single-op tolerance for every implementation, PyTorch's included
+    grad_atol_scale: ClassVar[float] = 1.0
     #: learning rate of the ``train`` mode's SGD step
     lr: ClassVar[float] = 0.1
 

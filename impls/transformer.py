@@ -134,6 +134,9 @@ class _TransformerPart(Layer):
 
     labels: ClassVar[dict[str, str]] = _LABELS
     lengths: ClassVar[tuple[str, ...]] = ()
+    # float32 fwdbwd at the repo's size: 1-40 of 1.5M elements of the top layer's q/k weight
+    # gradients reach 1.1-3.1x the single-op atol, for every implementation (torch's layers too)
+    grad_atol_scale: ClassVar[float] = 5.0
 
     def __init__(self, pad_idx: int = 0) -> None:
         self.pad_idx = pad_idx

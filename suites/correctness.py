@@ -224,7 +224,8 @@ def check_trial(fn: Callable[..., Any], trial: Trial, device: str,
             found.append(Comparison(f"grad {name}", float("nan"), float("nan"),
                                     f"grad {name}: None (the output does not depend on it)"))
         else:
-            found.append(compare(f"grad {name}", grad, ref_grad, device, dtype, rtol, atol))
+            found.append(compare(f"grad {name}", grad, ref_grad, device, dtype, rtol,
+                                 atol * trial.layer.grad_atol_scale))
     for name, ref_state in trial.ref_state.items():
         got = trial.inputs.tensors[name]
         found.append(compare(f"state {name}", got, ref_state, device, got.dtype, rtol, atol))
