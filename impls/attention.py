@@ -94,12 +94,9 @@ def mask_bytes(params: Params) -> int:
     return (0, N * len_k, len_q * len_k, N * len_q * len_k)[kind]
 
 
-class AttentionLayer(Layer):
-    name = "attention"
-    title = "ScaledDotProductAttention"
-    params = ("N", "n_head", "len_q", "len_k", "d_k", "d_v", "mask")
-    labels: ClassVar[dict[str, str]] = {"n_head": "h", "len_q": "q", "len_k": "k", "d_k": "dk",
-                                        "d_v": "dv"}
+class MaskedAttentionLayer(Layer):
+    """Attention-like layers: sizes as ``params[:-1]``, the mask kind as the last parameter."""
+
     output_names = ("output", "attn")
 
     def label(self, params: Params) -> str:
@@ -110,6 +107,13 @@ class AttentionLayer(Layer):
         super().check(params)
         check_attention_sizes(self.name, params, self.params[:-1])
 
+
+class AttentionLayer(MaskedAttentionLayer):
+    name = "attention"
+    title = "ScaledDotProductAttention"
+    params = ("N", "n_head", "len_q", "len_k", "d_k", "d_v", "mask")
+    labels: ClassVar[dict[str, str]] = {"n_head": "h", "len_q": "q", "len_k": "k", "d_k": "dk",
+                                        "d_v": "dv"}
     def make_inputs(self, params: Params, generator: torch.Generator) -> CaseInputs:
         N, n_head, len_q, len_k, d_k, d_v = (params[p] for p in self.params[:-1])
 

@@ -23,36 +23,25 @@ from torch import Tensor, nn
 
 from impls.attention import (
     MASK_FILL,
+    MaskedAttentionLayer,
     ScaledDotProductAttention,
     attention_matmul,
-    check_attention_sizes,
     make_mask,
     mask_bytes,
     mask_fill_value,
-    mask_label,
 )
-from impls.registry import REGISTRY, CaseInputs, Layer, Params, register_impl, register_layer
+from impls.registry import REGISTRY, CaseInputs, Params, register_impl, register_layer
 
 #: the notes' LayerNorm epsilon (PyTorch's default is 1e-5)
 LN_EPS = 1e-6
 
 
-class MultiHeadAttentionLayer(Layer):
+class MultiHeadAttentionLayer(MaskedAttentionLayer):
     name = "mha"
     title = "MultiHeadAttention"
     params = ("N", "len_q", "len_k", "d_model", "n_head", "d_k", "d_v", "mask")
     labels: ClassVar[dict[str, str]] = {"len_q": "q", "len_k": "k", "d_model": "dm",
                                         "n_head": "h", "d_k": "dk", "d_v": "dv"}
-    output_names = ("output", "attn")
-
-    def label(self, params: Params) -> str:
-        sizes = "_".join(f"{self.labels.get(p, p)}{params[p]}" for p in self.params[:-1])
-        return f"{sizes}_{mask_label(params['mask'])}"
-
-    def check(self, params: Params) -> None:
-        super().check(params)
-        check_attention_sizes(self.name, params, self.params[:-1])
-
     def make_inputs(self, params: Params, generator: torch.Generator) -> CaseInputs:
         N, len_q, len_k, d_model, n_head, d_k, d_v = (params[p] for p in self.params[:-1])
 
