@@ -20,8 +20,10 @@ from rich.table import Table
 
 from impls import DTYPE_NAMES, MODES, REGISTRY
 from reports.console import ProgressBar, problems, summary_tables
-from reports.schema import load_run
+from reports.meta import ceiling_text
+from reports.schema import RunDataError, load_run
 from reports.writer import RunWriter, new_run_dir
+from suites import calibration
 from suites.cases import Case, plan
 from suites.compilation import COMPILE_MODES, use_project_cache
 from suites.config import BenchConfig, TimingConfig
@@ -54,6 +56,18 @@ def _choose(option: str, values: tuple[str, ...], choices: Iterable[str],
             raise InputError(f"unknown {option} {value!r} (choose from "
                              f"{', '.join(choices + (('all',) if everything else ()))})")
     return values
+
+
+def _devices(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--device`` values, each checked to be present here (``all``: those that are)."""
+    named = _split(values)
+    devices = _choose("device", named,
+                      ("cpu", "cuda", "mps", *(d for d in named if d.startswith("cuda:"))),
+                      everything=tuple(available_devices()))
+    for device in devices:
+        if problem := device_problem(device):
+            raise InputError(problem)
+    return devices
 
 
 def _console(stderr: bool = False) -> Console:
@@ -134,22 +148,18 @@ def list_command(layer: str | None, impl_files: tuple[Path, ...]) -> None:
 @click.option("--impl-file", "impl_files", multiple=True, type=click.Path(path_type=Path),
               help="Python file registering your own implementations (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--no-report", is_flag=True, help="Skip the plots and report.html/report.md.")
 def bench_command(layer: str, devices: tuple[str, ...], dtypes: tuple[str, ...],
                   modes: tuple[str, ...], impls: tuple[str, ...],
                   compile_modes: tuple[str, ...], preset: str, size: str | None,
                   budget_s: float, min_time_s: float, trials: int, threads: int, seed: int,
-                  profile: bool, out: Path, impl_files: tuple[Path, ...], quiet: bool) -> None:
+                  profile: bool, out: Path, impl_files: tuple[Path, ...], quiet: bool,
+                  no_report: bool) -> None:
     """Run LAYER's suite (or `all`) and write results/<run-id>/."""
     _load_impl_files(impl_files)
     layer_names = [x.name for x in REGISTRY.layers()]
     layers = _choose("layer", (layer,), layer_names, everything=tuple(layer_names))
-    devices = _choose("device", _split(devices),
-                      ("cpu", "cuda", "mps", *(d for d in _split(devices)
-                                               if d.startswith("cuda:"))),
-                      everything=tuple(available_devices()))
-    for device in devices:
-        if problem := device_problem(device):
-            raise InputError(problem)
+    devices = _devices(devices)
     custom: tuple[tuple[str, int], ...] = ()
     if size is not None:
         if len(layers) != 1:
@@ -174,10 +184,10 @@ def bench_command(layer: str, devices: tuple[str, ...], dtypes: tuple[str, ...],
         cases = plan(config)
     except (KeyError, ValueError) as exc:
         raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None
-    sys.exit(_run_bench(config, cases, quiet))
+    sys.exit(_run_bench(config, cases, quiet, report=not no_report))
 
 
-def _run_bench(config: BenchConfig, cases: list[Case], quiet: bool) -> int:
+def _run_bench(config: BenchConfig, cases: list[Case], quiet: bool, report: bool) -> int:
     """Run the planned cases into a new run directory; print the summary; return the exit code."""
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -189,14 +199,16 @@ def _run_bench(config: BenchConfig, cases: list[Case], quiet: bool) -> int:
     except OSError as exc:
         raise InputError(f"--out {config.out}: cannot create the run directory "
                          f"({exc.strerror or exc})") from None
-    meta = {"command": sys.argv, "config": dataclasses.asdict(config),
-            "machine": machine_info(list(config.devices)), "calibration": None}
-    writer = RunWriter(run_dir, params, meta)
     console = _console(stderr=True)
+    ceilings = {device: _ceilings(device, console) for device in config.devices}
+    meta = {"command": sys.argv, "config": dataclasses.asdict(config),
+            "machine": machine_info(list(config.devices)), "calibration": ceilings}
+    writer = RunWriter(run_dir, params, meta)
     console.print(f"layerbench: {len(cases)} cases -> {run_dir}")
     try:
         with ProgressBar(len(cases), console, enabled=not quiet) as bar:
-            run(config, cases, [writer, bar], profile_root=writer.profile_dir)
+            run(config, cases, [writer, bar], profile_root=writer.profile_dir,
+                ceilings=ceilings)
     except KeyboardInterrupt:
         writer.close(interrupted=True)
         console.print(f"interrupted: the finished cases are in {run_dir / 'results.csv'}")
@@ -209,8 +221,106 @@ def _run_bench(config: BenchConfig, cases: list[Case], quiet: bool) -> int:
     for line in problems(frame):
         out.print(line, markup=False, highlight=False)
     out.print(f"results: {run_dir}")
+    if report:
+        _report(run_dir, out)
     failed = frame["status"].isin(["incorrect", "error"]).any()
     return EXIT_FAILURES if failed else EXIT_OK
+
+
+def _ceilings(device: str, console: Console) -> dict[str, object]:
+    """The device's cached ceilings; measured first (a few seconds) when none are cached."""
+    if not calibration.cache_path(device).is_file():
+        console.print(f"calibrating {device} once (peak matmul FLOP/s, copy bandwidth) ...")
+    return calibration.ceilings(device)
+
+
+def _report(run_dir: Path, console: Console) -> None:
+    """Build the run's report; a failure here is reported but never loses the results."""
+    from reports.report import build_report
+
+    try:
+        paths = build_report(run_dir)
+    except Exception as exc:  # the results are on disk: say so and keep the exit code
+        console.print(f"report failed ({type(exc).__name__}: {exc}); retry with "
+                      f"`python cli.py report {run_dir}`", markup=False)
+        return
+    console.print(f"report: {paths[0]} ({len(paths) - 2} figures)", markup=False)
+
+
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def report_command(run_dir: Path) -> None:
+    """Build plots/, report.html and report.md of RUN_DIR from its files."""
+    from reports.report import build_report
+
+    try:
+        paths = build_report(run_dir)
+    except RunDataError as exc:
+        raise InputError(str(exc)) from None
+    except OSError as exc:
+        raise InputError(f"{run_dir}: cannot write the report ({exc.strerror or exc})") from None
+    for path in paths[:2]:
+        click.echo(str(path))
+    click.echo(f"{len(paths) - 2} figures in {run_dir / 'plots'}")
+
+
+@cli.command("compare")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--basis", default="auto", show_default=True,
+              type=click.Choice(["auto", "absolute", "relative"]),
+              help="absolute: seconds; relative: multiples of each run's eager builtin (runs "
+                   "from different machines or devices); auto: relative when they differ.")
+@click.option("--threshold", default=0.10, show_default=True, type=click.FloatRange(0),
+              help="Smallest relative change reported (widened to 3x a case's noise).")
+@click.option("--alpha", default=0.01, show_default=True, type=click.FloatRange(0, 1),
+              help="Significance level of the one-sided Mann-Whitney U test.")
+@click.option("--out", default=None, type=click.Path(path_type=Path),
+              help="Directory for compare.{csv,md,html,png} (default: results/<time>-compare).")
+def compare_command(runs: tuple[Path, ...], basis: str, threshold: float, alpha: float,
+                    out: Path | None) -> None:
+    """Compare RUN_B [RUN_C ...] with the baseline RUN_A; exit 1 on a regression."""
+    from reports.compare import compare_runs
+    from reports.compare_report import write_comparison
+
+    try:
+        comparison = compare_runs(list(runs), basis=basis, threshold=threshold, alpha=alpha)
+    except RunDataError as exc:
+        raise InputError(str(exc)) from None
+    try:
+        out_dir = out if out is not None else new_run_dir(Path("results"), "compare")
+        paths = write_comparison(comparison, out_dir)
+    except OSError as exc:
+        raise InputError(f"cannot write the comparison ({exc.strerror or exc})") from None
+    console = _console()
+    counts = comparison.frame["verdict"].value_counts()
+    console.print(f"basis: {comparison.basis}; " + ", ".join(
+        f"{verdict} {n}" for verdict, n in counts.items()), markup=False)
+    regressed = comparison.frame[comparison.frame["regression"]]
+    for _, r in regressed.iterrows():
+        console.print(f"REGRESSION {r['run_b']}: {r['layer']}/{r['impl']}+{r['compile']} "
+                      f"{r['device']} {r['dtype']} {r['mode']} {r['case']}: {r['verdict']} "
+                      f"(x{r['ratio']:.3g}) {r['note']}", markup=False)
+    console.print(f"comparison: {paths[2]}", markup=False)
+    sys.exit(EXIT_FAILURES if comparison.regressions else EXIT_OK)
+
+
+@cli.command("calibrate")
+@click.option("--device", "devices", multiple=True, default=("cpu",), show_default=True,
+              help="cpu, cuda, cuda:N, mps or all (repeatable, or comma-separated).")
+@click.option("--threads", default=0, type=click.IntRange(0),
+              help="CPU threads (default: torch's default); ceilings are cached per count.")
+@click.option("--force", is_flag=True, help="Measure again even when cached.")
+def calibrate_command(devices: tuple[str, ...], threads: int, force: bool) -> None:
+    """Measure and cache the device's ceilings: peak matmul FLOP/s per dtype, copy GB/s."""
+    if threads:
+        torch.set_num_threads(threads)
+    for device in _devices(devices):
+        cached = calibration.cache_path(device)
+        measured = calibration.ceilings(device, force=force)
+        click.echo(f"{device} ({measured['device_name']}, torch {measured['torch']}): "
+                   f"{ceiling_text(measured)}")
+        click.echo(f"  measured {measured['measured_at']} in {measured['measure_s']} s, "
+                   f"cached in {cached}")
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from reports.style import variant
 from suites.timing import format_seconds
 
 if TYPE_CHECKING:
@@ -74,9 +75,8 @@ def summary_tables(results: pd.DataFrame) -> list[Table]:
     Each cell: median time, speedup vs the eager builtin (x2 = twice as fast), correctness.
     """
     tables = []
-    results = results.assign(variant=[i if c == "none" else f"{i}+{c}"
-                                      for i, c in zip(results["impl"], results["compile"],
-                                                      strict=True)])
+    results = results.assign(variant=[variant(i, c) for i, c in zip(
+        results["impl"], results["compile"], strict=True)])
     for (layer, device, dtype, mode), group in results.groupby(
             ["layer", "device", "dtype", "mode"], sort=False):
         table = Table(title=f"{layer} · {device} · {dtype} · {mode}", title_justify="left",
@@ -84,8 +84,8 @@ def summary_tables(results: pd.DataFrame) -> list[Table]:
                       caption_justify="left")
         variants = list(dict.fromkeys(group["variant"]))
         table.add_column("case", style="bold")
-        for variant in variants:
-            table.add_column(variant, justify="right")
+        for name in variants:
+            table.add_column(name, justify="right")
         for case, rows in group.groupby("case", sort=False):
             by_variant = {r["variant"]: r for _, r in rows.iterrows()}
             table.add_row(case, *(_cell(by_variant[v]) if v in by_variant else ""
@@ -98,7 +98,7 @@ def problems(results: pd.DataFrame) -> list[str]:
     """One line per case that did not end ``ok``, with its reason."""
     lines = []
     for _, r in results[results["status"] != "ok"].iterrows():
-        variant = r["impl"] if r["compile"] == "none" else f"{r['impl']}+{r['compile']}"
-        lines.append(f"{r['status']:>9}  {r['layer']}/{variant} {r['device']} {r['dtype']} "
+        lines.append(f"{r['status']:>9}  {r['layer']}/{variant(r['impl'], r['compile'])} "
+                     f"{r['device']} {r['dtype']} "
                      f"{r['mode']} {r['case']}: {r['reason']}")
     return lines

@@ -23,12 +23,15 @@ RESULT_COLUMNS = (
     "status", "reason", "median_ms", "iqr_ms", "min_ms", "mean_ms", "n_samples",
     "calls_per_sample", "compile_s", "flops", "bytes", "gflops", "gbps", "roofline_frac",
     "speedup_vs_builtin", "max_abs_err", "rel_err", "grad_max_abs_err", "grad_rel_err", "rtol",
-    "atol", "peak_mem_bytes", "predicted_s", "threads", "seed",
+    "atol", "peak_mem_bytes", "predicted_s", "predicted_call_s", "threads", "seed",
 )
+# Added after the first runs were written: absent columns load as empty.
+OPTIONAL_COLUMNS = ("predicted_call_s",)
 SAMPLE_COLUMNS = (*KEY_COLUMNS, "sample", "seconds")
 OPS_COLUMNS = (*KEY_COLUMNS, "profiled_case", "op", "calls", "self_cpu_us", "cpu_total_us",
                "self_device_us", "device_total_us", "self_cpu_mem_bytes", "note")
 STATUSES = ("ok", "incorrect", "error", "oom", "timeout", "skipped")
+NUMERIC_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in ("status", "reason"))
 
 
 def result_columns(param_names: Iterable[str]) -> list[str]:
@@ -66,7 +69,7 @@ def _cell(value: Any) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
-        return repr(value)
+        return repr(float(value))  # shortest round-trip text, also for numpy floats
     return value
 
 
@@ -101,9 +104,36 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     except (OSError, UnicodeDecodeError, pd.errors.ParserError,
             pd.errors.EmptyDataError) as exc:
         raise RunDataError(f"{results}: unreadable ({exc})") from None
+    for column in OPTIONAL_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = math.nan
     missing = [c for c in ("run_id", *KEY_COLUMNS, *RESULT_COLUMNS) if c not in frame.columns]
     if missing:
         raise RunDataError(f"{results}: missing column(s) {', '.join(missing)}")
     if frame.empty:
         raise RunDataError(f"{results}: no results")
+    bad = [c for c in NUMERIC_COLUMNS if not pd.api.types.is_numeric_dtype(frame[c])]
+    if bad:
+        raise RunDataError(f"{results}: non-numeric values in {', '.join(bad)} (corrupt file?)")
+    unknown = sorted(set(frame["status"]) - set(STATUSES))
+    if unknown:
+        raise RunDataError(f"{results}: unknown status {', '.join(map(repr, unknown))}")
     return frame, meta
+
+
+def load_samples(run_dir: str | Path) -> pd.DataFrame:
+    """``samples.csv`` (one row per timing sample, in seconds per call); empty if none."""
+    path = Path(run_dir) / "samples.csv"
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=list(SAMPLE_COLUMNS))
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
+        raise RunDataError(f"{path}: unreadable ({exc})") from None
+    missing = [c for c in SAMPLE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise RunDataError(f"{path}: missing column(s) {', '.join(missing)}")
+    if len(frame) and not pd.api.types.is_numeric_dtype(frame["seconds"]):
+        raise RunDataError(f"{path}: non-numeric seconds")
+    return frame

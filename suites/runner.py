@@ -11,7 +11,7 @@ import contextlib
 import gc
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,16 +20,16 @@ import torch
 
 from impls.registry import DTYPE_NAMES, REGISTRY, Unsupported
 from suites.budget import predict
+from suites.calibration import peak_key, roofline_frac
 from suites.cases import Case
 from suites.compilation import compiled
 from suites.config import BenchConfig
 from suites.correctness import TOLERANCES, bind, check, make_trial, tolerance_key
-from suites.environment import dtype_problem
+from suites.environment import dtype_problem, tf32_flags
 from suites.profiling import profile_case, trace_name
 from suites.timing import Samples, cuda_peak_memory, measure, synchronize
 
 NAN = float("nan")
-STATUSES = ("ok", "incorrect", "error", "oom", "timeout", "skipped")
 
 
 @dataclass
@@ -52,6 +52,8 @@ class CaseResult:
     atol: float = NAN
     peak_mem_bytes: float = NAN
     predicted_s: float = NAN
+    predicted_call_s: float = NAN
+    roofline_frac: float = NAN
     threads: int = 0
     seed: int = 0
     ops: list[dict[str, Any]] = field(default_factory=list)
@@ -78,12 +80,13 @@ class CaseResult:
             "flops": self.flops, "bytes": self.bytes,
             "gflops": self.flops / median_s / 1e9 if s else NAN,
             "gbps": self.bytes / median_s / 1e9 if s else NAN,
-            "roofline_frac": NAN,  # filled once the device is calibrated
+            "roofline_frac": self.roofline_frac,
             "speedup_vs_builtin": self.speedup_vs_builtin,
             "max_abs_err": self.max_abs_err, "rel_err": self.rel_err,
             "grad_max_abs_err": self.grad_max_abs_err, "grad_rel_err": self.grad_rel_err,
             "rtol": self.rtol, "atol": self.atol,
             "peak_mem_bytes": self.peak_mem_bytes, "predicted_s": self.predicted_s,
+            "predicted_call_s": self.predicted_call_s,
             "threads": self.threads, "seed": self.seed,
         }
 
@@ -97,11 +100,14 @@ class Sink(Protocol):
 
 
 def run(config: BenchConfig, cases: list[Case], sinks: Sequence[Sink],
-        profile_root: Path | None = None) -> list[CaseResult]:
+        profile_root: Path | None = None,
+        ceilings: Mapping[str, dict[str, Any]] | None = None) -> list[CaseResult]:
     """Run ``cases`` in order; each result goes to every sink as soon as it is known.
 
     With ``config.profile``, each measured case is then profiled into ``profile_root/<case>/``.
+    ``ceilings`` (device -> ``calibration.ceilings``) give each timed case its roofline fraction.
     """
+    ceilings = ceilings or {}
     baselines: dict[Case, float] = {}
     results = []
     for case in cases:
@@ -112,6 +118,10 @@ def run(config: BenchConfig, cases: list[Case], sinks: Sequence[Sink],
             baselines[case] = result.median_s
         if case.baseline in baselines and result.samples:
             result.speedup_vs_builtin = baselines[case.baseline] / result.median_s
+        if result.samples and case.device in ceilings:
+            result.roofline_frac = roofline_frac(
+                result.flops / result.median_s / 1e9, result.flops, result.bytes,
+                ceilings[case.device], peak_key(case.dtype, case.device, tf32_flags()))
         if config.profile and profile_root is not None and result.status in ("ok", "incorrect"):
             result.ops = _profile(case, config, profile_root / trace_name(case))
         for sink in sinks:
@@ -151,7 +161,7 @@ def _measure_case(case: Case, config: BenchConfig, result: CaseResult) -> None:
     dtype, params = DTYPE_NAMES[case.dtype], case.size
     if impl.naive:
         prediction = predict(impl, layer, params, dtype, case.device, case.mode, config)
-        result.predicted_s = prediction.case_s
+        result.predicted_s, result.predicted_call_s = prediction.case_s, prediction.per_call_s
         if prediction.case_s > config.budget_s:
             result.status, result.reason = "skipped", prediction.reason(config.budget_s)
             return

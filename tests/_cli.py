@@ -6,19 +6,32 @@ import csv
 import os
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Device ceilings for the tests' runs: fixed figures seeded by conftest.py, so roofline fractions
+# are exact and no test run spends seconds calibrating (test_calibrate measures for real).
+TEST_CACHE = ROOT / ".cache" / "test-cache"
+TEST_CEILINGS = {"device": "cpu", "device_name": "test", "torch": "", "threads": 0,
+                 "matmul_gflops": {"float32": 400.0, "float64": 200.0, "bfloat16": 2000.0,
+                                   "float16": 50.0},
+                 "copy_gbps": 25.0, "measured_at": "test", "measure_s": 0.0}
+
+
 def cli_env() -> dict[str, str]:
     # Wide, fixed console so tables are never wrapped; the default inductor cache (the
     # project's) is kept so repeat runs do not compile again.
-    return {**os.environ, "COLUMNS": "160"}
+    return {**os.environ, "COLUMNS": "160", "LAYERBENCH_CACHE_DIR": str(TEST_CACHE)}
 
 
-def run_cli(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=ROOT, env=cli_env(),
+def run_cli(*args: object, timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=ROOT,
+                          env={**cli_env(), **(env or {})},
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -39,3 +52,43 @@ def describe(proc: subprocess.CompletedProcess[str]) -> str:
     """What to show when an assertion on a command fails."""
     return (f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}"
             f"\n--- stderr ---\n{proc.stderr[-3000:]}")
+
+
+# Commands run concurrently (most of their time is importing torch); each test waits only for
+# the command it checks.
+@dataclass
+class Job:
+    future: Future[subprocess.CompletedProcess[str]]
+    out: Path
+
+    @property
+    def proc(self) -> subprocess.CompletedProcess[str]:
+        return self.future.result()
+
+    @property
+    def run_dir(self) -> Path:
+        return only_run_dir(self.out)
+
+
+class Jobs:
+    def __init__(self, root: Path, pool: ThreadPoolExecutor) -> None:
+        self.root, self.pool, self.jobs = root, pool, {}
+
+    def add(self, name: str, *args: object, env: dict[str, str] | None = None) -> None:
+        out = self.root / name
+        out.mkdir(parents=True)
+        args = tuple(str(out) if a == "{out}" else a for a in args)
+        self.jobs[name] = Job(self.pool.submit(run_cli, *args, env=env), out)
+
+    def __getitem__(self, name: str) -> Job:
+        return self.jobs[name]
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """The single ``error: ...`` line of a command that exited 2, checked to be alone."""
+    assert proc.returncode == 2, describe(proc)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, describe(proc)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]

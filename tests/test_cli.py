@@ -7,10 +7,8 @@ is importing torch); each test waits only for the command it checks.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,10 +20,11 @@ from suites.cases import plan
 from suites.config import BenchConfig
 from suites.environment import device_problem
 from suites.presets import notes_size
-from tests._cli import describe, only_run_dir, read_csv, run_cli
+from tests._cli import TEST_CEILINGS, Jobs, describe, one_line_error, read_csv
+from tests._report import assert_links_resolve, assert_self_contained
 
 LAYER = REGISTRY.layer("conv")
-FAST = ("--min-time", "0.05", "--quiet")
+FAST = ("--min-time", "0.05", "--quiet", "--no-report")
 TINY_SIZE = "N=1,C_in=1,C_out=2,H=8,W=8"
 SMALL_SIZE = "N=2,C_in=3,C_out=4,H=10,W=9,k=3,stride=2,padding=1"
 
@@ -59,34 +58,6 @@ BAD_FILES = {
     "duplicate.py": ('from impls import register_impl\n\n\n@register_impl("conv", "builtin")\n'
                      "def f(x, weight, bias, stride, padding):\n    return x\n"),
 }
-
-
-@dataclass
-class Job:
-    future: Future[subprocess.CompletedProcess[str]]
-    out: Path
-
-    @property
-    def proc(self) -> subprocess.CompletedProcess[str]:
-        return self.future.result()
-
-    @property
-    def run_dir(self) -> Path:
-        return only_run_dir(self.out)
-
-
-class Jobs:
-    def __init__(self, root: Path, pool: ThreadPoolExecutor) -> None:
-        self.root, self.pool, self.jobs = root, pool, {}
-
-    def add(self, name: str, *args: object) -> None:
-        out = self.root / name
-        out.mkdir()
-        args = tuple(str(out) if a == "{out}" else a for a in args)
-        self.jobs[name] = Job(self.pool.submit(run_cli, *args), out)
-
-    def __getitem__(self, name: str) -> Job:
-        return self.jobs[name]
 
 
 def _error_commands(files: Path) -> dict[str, tuple[str, ...]]:
@@ -136,7 +107,7 @@ def jobs(tmp_path_factory: pytest.TempPathFactory, impl_files: Path) -> Iterator
         jobs = Jobs(tmp_path_factory.mktemp("cli"), pool)
         # longest first, so the short ones fill the gaps
         jobs.add("quick", "bench", "conv", "--preset", "quick", "--out", "{out}", "--impl",
-                 "builtin", "--impl", "im2col", *FAST)
+                 "builtin", "--impl", "im2col", "--min-time", "0.05", "--quiet")  # + report
         jobs.add("compile", "bench", "conv", "--compile", "default", "--impl", "builtin",
                  "--size", TINY_SIZE, "--out", "{out}", *FAST)
         jobs.add("impl-file-good", "bench", "conv", "--impl-file", impl_files / "good.py",
@@ -259,6 +230,36 @@ def test_meta_records_command_machine_and_config(quick: Path) -> None:
     assert meta["start_time"] and meta["end_time"]
 
 
+def test_roofline_fraction_uses_the_calibrated_ceilings(quick: Path) -> None:
+    meta = json.loads((quick / "meta.json").read_text(encoding="utf-8"))
+    ceilings = meta["calibration"]["cpu"]
+    assert ceilings["matmul_gflops"] == TEST_CEILINGS["matmul_gflops"]  # the cached figures
+    _, rows = read_csv(quick / "results.csv")
+    for row in rows:
+        flops, bytes_moved = float(row["flops"]), float(row["bytes"])
+        attainable = min(ceilings["matmul_gflops"][row["dtype"]],
+                         flops / bytes_moved * ceilings["copy_gbps"])
+        assert float(row["roofline_frac"]) == pytest.approx(float(row["gflops"]) / attainable,
+                                                            rel=1e-9)
+
+
+def test_bench_ends_with_a_self_contained_report(quick: Path, jobs: Jobs) -> None:
+    assert "report.html" in jobs["quick"].proc.stdout
+    html = (quick / "report.html").read_text(encoding="utf-8")
+    assert_self_contained(html)
+    for text in ("conv", "im2col", "builtin", "Fastest correct implementation per size",
+                 "growth_exponent", torch.__version__):
+        assert text in html, text
+    plots = sorted((quick / "plots").glob("*.png"))
+    assert {p.stem for p in plots} >= {"conv_latency", "conv_speedup", "conv_roofline",
+                                       "conv_correctness"}
+    for plot in plots:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert html.count("data:image/png;base64,") >= len(plots)
+    markdown = (quick / "report.md").read_text(encoding="utf-8")
+    assert_links_resolve(markdown, quick)
+
+
 # --- other benches ----------------------------------------------------------------------------
 
 
@@ -335,11 +336,7 @@ ERROR_NAMES = sorted(_error_commands(Path("unused")))
 
 @pytest.mark.parametrize("name", ERROR_NAMES)
 def test_bad_input_exits_2_with_one_line(jobs: Jobs, name: str) -> None:
-    proc = jobs[name].proc
-    assert proc.returncode == 2, describe(proc)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, describe(proc)
-    assert "Traceback" not in proc.stderr + proc.stdout
+    one_line_error(jobs[name].proc)
     assert not list(jobs[name].out.iterdir())  # nothing was run or written
 
 

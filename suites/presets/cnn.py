@@ -20,6 +20,7 @@ PRESETS = {
     ),
     # the batch grows 1 -> 256, then the channels and the image (CIFAR-like 3x32x32, 64x64)
     "default": sizes(PARAMS,
+        (1, 1, 4, 14, 14, 1),  # with the next, two sizes for the loops family: their growth
         (1, 1, 8, 28, 28, 1),  # one digit: small enough for the loops family
         (64, 1, 8, 28, 28, 1),
         (64, 1, 8, 28, 28, 0),  # inference: BatchNorm with running statistics

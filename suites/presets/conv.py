@@ -13,8 +13,9 @@ PRESETS = {
         (2, 3, 4, 10, 9, 3, 2, 1),  # non-square, stride 2, padding 1
         (64, 1, 8, 28, 28, 3, 1, 0),
     ),
-    # ~0.1 MFLOP to ~1.8 GFLOP forward: four orders of magnitude
+    # ~10 kFLOP to ~1.8 GFLOP forward: five orders of magnitude
     "default": sizes(PARAMS,
+        (1, 1, 4, 14, 14, 3, 1, 0),  # with the next, two sizes for the loops: their growth
         (1, 1, 8, 28, 28, 3, 1, 0),  # one MNIST digit: small enough for the loops
         (64, 1, 8, 28, 28, 3, 1, 0),
         (32, 8, 16, 28, 28, 3, 1, 1),  # "same" padding

@@ -1,0 +1,296 @@
+"""Compare runs: match cases, test each for a change, and give each a verdict.
+
+The first run is the baseline A; every later run B is compared with it. Two bases:
+
+- ``absolute``: seconds against seconds, cases matched on every key column;
+- ``relative``: each case's samples divided by the median of the eager builtin (same layer,
+  device, dtype, mode and case) of the same run, so runs from different machines or devices
+  compare. When each run holds a single device, cases match ignoring ``device`` (a CPU run
+  against a CUDA run). The builtin rows are the unit of this basis (1.0 by definition) and are
+  left out of the verdicts.
+
+``auto`` picks relative when the runs' devices or machines (host, CPU model, GPU names) differ.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reports.schema import KEY_COLUMNS, RunDataError, load_run, load_samples
+from reports.stats import (
+    classify,
+    effect_threshold,
+    geomean,
+    mann_whitney_greater,
+    ratio_ci,
+    relative_noise,
+)
+from reports.style import variant
+
+BASES = ("auto", "absolute", "relative")
+MEASURED = ("ok", "incorrect")  # statuses with a real time
+WRONG = ("incorrect", "error")
+UNTIMED_FLAGGED = ("oom", "timeout", "error")  # losing (or gaining) a time to these is suspicious
+REF_KEY = ("layer", "device", "dtype", "mode", "case")
+COLUMNS = [*KEY_COLUMNS, "run_a", "run_b", "status_a", "status_b", "median_a_ms", "median_b_ms",
+           "ratio", "ci_lo", "ci_hi", "p_value", "noise", "threshold_used", "verdict", "note",
+           "regression", "n_a", "n_b", "rel_a", "rel_b"]
+GEOMEAN_COLUMNS = ["run_b", "layer", "impl", "compile", "variant", "cases", "geomean_ratio",
+                   "min_ratio", "max_ratio", "slower", "faster"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One loaded run directory; ``samples`` maps the full case key to seconds per call."""
+
+    path: Path
+    label: str
+    meta: dict[str, Any]
+    results: pd.DataFrame = field(repr=False)
+    samples: dict[tuple[str, ...], np.ndarray] = field(repr=False)
+
+
+@dataclass
+class Comparison:
+    """Every later run against the first: one ``frame`` row per case and later run.
+
+    ``frame`` has ``COLUMNS``; ``ratio`` is B / A of medians (seconds, or multiples of the
+    builtin in the relative basis), ``threshold_used`` the relative change a case had to exceed.
+    ``regressions`` counts slower cases plus ok -> incorrect/error cases.
+    """
+
+    frame: pd.DataFrame
+    geomeans: pd.DataFrame
+    runs: list[Run]
+    basis: str
+    threshold: float
+    alpha: float
+    regressions: int
+    notes: list[str]
+
+
+def compare_runs(run_dirs: list[Path], basis: str = "auto", threshold: float = 0.10,
+                 alpha: float = 0.01) -> Comparison:
+    """Compare ``run_dirs[1:]`` with ``run_dirs[0]``; ``RunDataError`` on unusable input."""
+    if len(run_dirs) < 2:
+        raise RunDataError(f"compare needs at least two run directories, got {len(run_dirs)}")
+    if basis not in BASES:
+        raise RunDataError(f"unknown basis {basis!r}: choose one of {', '.join(BASES)}")
+    runs = _dedupe([load(Path(p)) for p in run_dirs])
+    if basis == "auto":
+        basis = "relative" if len({_fingerprint(r) for r in runs}) > 1 else "absolute"
+    single = all(r.results["device"].nunique() == 1 for r in runs)
+    keys = [c for c in KEY_COLUMNS if not (basis == "relative" and single and c == "device")]
+    rows, notes = [], []
+    base = runs[0]
+    for other in runs[1:]:
+        pair = _compare_pair(base, other, keys, basis, threshold, alpha)
+        if basis == "relative":
+            if not any(math.isfinite(r.get("ratio", math.nan)) for r in pair) and any(
+                    r["note"].startswith("not compared") for r in pair):
+                raise RunDataError(f"no case of {other.label} can be compared with "
+                                   f"{base.label} relative to the builtin: a run has no timed "
+                                   "eager builtin for the cases they share")
+            notes.append(_reference_note(base, other, keys))
+        rows += pair
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return Comparison(frame=frame, geomeans=geomeans(frame), runs=runs, basis=basis,
+                      threshold=threshold, alpha=alpha,
+                      regressions=int(frame["regression"].sum()), notes=notes)
+
+
+def load(path: Path) -> Run:
+    """A run directory with its samples indexed by case key."""
+    results, meta = load_run(path)
+    results = results.astype({c: str for c in KEY_COLUMNS})
+    timed = int((results["status"].isin(MEASURED) & (results["n_samples"] > 0)).sum())
+    if not timed:  # nothing to read (and a header-only samples.csv has no numeric column)
+        return Run(path, str(meta.get("run_id") or path.name), meta, results, {})
+    samples = load_samples(path).astype({**{c: str for c in KEY_COLUMNS}, "seconds": float})
+    samples = samples[np.isfinite(samples["seconds"]) & (samples["seconds"] > 0)]
+    index = {tuple(k): g.to_numpy(float) for k, g in samples.sort_values("sample", kind="stable")
+             .groupby(list(KEY_COLUMNS), sort=False)["seconds"]}
+    if not index:
+        raise RunDataError(f"{path / 'samples.csv'}: missing or empty, but results.csv has "
+                           f"{timed} timed case(s)")
+    return Run(path, str(meta.get("run_id") or path.name), meta, results, index)
+
+
+def _dedupe(runs: list[Run]) -> list[Run]:
+    """Give runs that share a run id distinct labels (``id``, ``id#2``, ...)."""
+    seen: dict[str, int] = {}
+    out = []
+    for run in runs:
+        seen[run.label] = seen.get(run.label, 0) + 1
+        label = run.label if seen[run.label] == 1 else f"{run.label}#{seen[run.label]}"
+        out.append(Run(run.path, label, run.meta, run.results, run.samples))
+    return out
+
+
+def _fingerprint(run: Run) -> tuple[Any, ...]:
+    machine = run.meta.get("machine") or {}
+    gpus = tuple(sorted(str(g.get("name")) for g in machine.get("gpus") or []))
+    devices = tuple(sorted(run.results["device"].unique()))
+    return machine.get("host"), machine.get("cpu_model"), gpus, devices
+
+
+def _is_reference(row: dict[str, Any]) -> bool:
+    return row["impl"] == "builtin" and row["compile"] == "none"
+
+
+def _references(run: Run) -> dict[tuple[str, ...], float]:
+    """Median seconds of each timed eager builtin, by (layer, device, dtype, mode, case)."""
+    out = {}
+    for row in run.results.to_dict("records"):
+        if _is_reference(row) and row["status"] in MEASURED:
+            values = run.samples.get(tuple(row[c] for c in KEY_COLUMNS))
+            median = float(np.median(values)) if values is not None else row["median_ms"] / 1e3
+            if median > 0:
+                out[tuple(row[c] for c in REF_KEY)] = median
+    return out
+
+
+def _index(run: Run, keys: list[str], basis: str) -> dict[tuple[str, ...], dict[str, Any]]:
+    rows = run.results.to_dict("records")
+    return {tuple(r[c] for c in keys): r for r in rows
+            if not (basis == "relative" and _is_reference(r))}
+
+
+def _compare_pair(a: Run, b: Run, keys: list[str], basis: str, threshold: float,
+                  alpha: float) -> list[dict[str, Any]]:
+    rows_a, rows_b = _index(a, keys, basis), _index(b, keys, basis)
+    if not rows_a.keys() & rows_b.keys():
+        raise RunDataError(_nothing_in_common(a, b, basis))
+    refs = (_references(a), _references(b)) if basis == "relative" else None
+    order = list(rows_a) + [k for k in rows_b if k not in rows_a]
+    return [_case(rows_a.get(k), rows_b.get(k), a, b, refs, threshold, alpha) for k in order]
+
+
+def _nothing_in_common(a: Run, b: Run, basis: str) -> str:
+    for column in ("layer", "device", "dtype", "mode", "impl", "compile"):
+        va, vb = (sorted(set(r.results[column])) for r in (a, b))
+        if not set(va) & set(vb):
+            return (f"no cases in common ({basis} basis): {a.label} has {column} "
+                    f"{', '.join(va)}; {b.label} has {', '.join(vb)}")
+    return f"no cases in common ({basis} basis) between {a.label} and {b.label}"
+
+
+def _values(run: Run, row: dict[str, Any],
+            refs: dict[tuple[str, ...], float] | None) -> tuple[np.ndarray | None, str]:
+    """The samples to compare (seconds or multiples of the builtin), or None and why not."""
+    if row["status"] not in MEASURED or not row["median_ms"] > 0:
+        return None, f"{row['status']}" + (f" ({row['reason']})" if _text(row["reason"]) else "")
+    values = run.samples.get(tuple(row[c] for c in KEY_COLUMNS))
+    if values is None:  # a row without samples still has its median: one value
+        values = np.array([row["median_ms"] / 1e3])
+    if refs is None:
+        return values, ""
+    ref = refs.get(tuple(row[c] for c in REF_KEY))
+    if ref is None:
+        return None, f"no timed eager builtin in {run.label}"
+    return values / ref, ""
+
+
+def _median_ms(run: Run, row: dict[str, Any] | None) -> float:
+    """Median of the raw samples (as compared), else the one in results.csv."""
+    values = None if row is None else run.samples.get(tuple(row[c] for c in KEY_COLUMNS))
+    return float(np.median(values)) * 1e3 if values is not None else _get(row, "median_ms")
+
+
+def _get(row: dict[str, Any] | None, column: str, default: Any = math.nan) -> Any:
+    return default if row is None else row[column]
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _case(ra: dict[str, Any] | None, rb: dict[str, Any] | None, a: Run, b: Run,
+          refs: tuple[dict, dict] | None, threshold: float, alpha: float) -> dict[str, Any]:
+    either = ra if ra is not None else rb
+    row: dict[str, Any] = {c: either[c] for c in KEY_COLUMNS}
+    if ra is not None and rb is not None and ra["device"] != rb["device"]:
+        row["device"] = f"{ra['device']}->{rb['device']}"
+    row.update(run_a=a.label, run_b=b.label, regression=False, note="",
+               status_a=_get(ra, "status", ""), status_b=_get(rb, "status", ""),
+               median_a_ms=_median_ms(a, ra), median_b_ms=_median_ms(b, rb),
+               n_a=_get(ra, "n_samples"), n_b=_get(rb, "n_samples"))
+    if ra is None or rb is None:
+        row["verdict"] = "new" if ra is None else "missing"
+        row["note"] = f"only in {b.label if ra is None else a.label} ({either['status']})"
+        return row
+    sa, sb = ra["status"], rb["status"]
+    va, why_a = _values(a, ra, refs[0] if refs else None)
+    vb, why_b = _values(b, rb, refs[1] if refs else None)
+    verdict, note = "same", ""
+    if va is not None and vb is not None:
+        verdict, note = _timing(row, va, vb, threshold, alpha)
+        if refs:
+            row["rel_a"], row["rel_b"] = float(np.median(va)), float(np.median(vb))
+    elif sa in MEASURED and sb in MEASURED:  # timed, but no builtin to divide by
+        note = f"not compared: {why_a or why_b}"
+    elif va is None and vb is None:
+        note = f"not timed: {why_a}" + (f" -> {why_b}" if why_b != why_a else "")
+    else:
+        untimed = sb if vb is None else sa
+        verdict = "suspicious" if untimed in UNTIMED_FLAGGED else "same"
+        note = f"timed only in {a.label if vb is None else b.label}; {sa} -> {sb}: " \
+               f"{why_b or why_a}"
+    if (sa == "ok" and sb in WRONG) or (sa in WRONG and sb == "ok"):
+        verdict, note = "correctness changed", f"{sa} -> {sb}" + (
+            f" ({rb['reason']})" if _text(rb["reason"]) else "") + (f"; {note}" if note else "")
+        row["regression"] = sa == "ok"
+    row["verdict"], row["note"] = verdict, note
+    row["regression"] = bool(row["regression"] or verdict == "slower")
+    return row
+
+
+def _timing(row: dict[str, Any], va: np.ndarray, vb: np.ndarray, threshold: float,
+            alpha: float) -> tuple[str, str]:
+    """Fill the statistics of ``row`` from the two samples; return (verdict, note)."""
+    ratio = float(np.median(vb) / np.median(va))
+    p_slower, p_faster = mann_whitney_greater(va, vb), mann_whitney_greater(vb, va)
+    noise = max(relative_noise(va), relative_noise(vb))
+    row["ci_lo"], row["ci_hi"] = ratio_ci(va, vb)
+    row.update(ratio=ratio, p_value=p_slower if ratio >= 1 else p_faster, noise=noise,
+               threshold_used=effect_threshold(noise, threshold))
+    verdict = classify(ratio, p_slower, p_faster, noise, threshold, alpha)
+    note = ""
+    if verdict == "suspicious":
+        note = (f"{ratio:.3g}x but not significant (p={row['p_value']:.2g}, "
+                f"{len(va)} vs {len(vb)} samples)")
+    if min(len(va), len(vb)) == 1:
+        note = ("single value (no samples); " + note).rstrip("; ")
+    return verdict, note
+
+
+def _reference_note(a: Run, b: Run, keys: list[str]) -> str:
+    """How the builtins' own times compare: what the relative basis divided out."""
+    ra, rb = _references(a), _references(b)
+    if "device" not in keys:
+        ra, rb = ({k[:1] + k[2:]: v for k, v in r.items()} for r in (ra, rb))
+    shared = ra.keys() & rb.keys()
+    g = geomean(rb[k] / ra[k] for k in shared)
+    return (f"{b.label}: times relative to each run's eager builtin; that builtin takes "
+            f"{g:.3g}x the time of {a.label}'s (geomean over {len(shared)} cases)")
+
+
+def geomeans(frame: pd.DataFrame) -> pd.DataFrame:
+    """Geometric mean of the ratios per (run_b, layer, impl, compile) over timed cases."""
+    timed = frame[np.isfinite(frame["ratio"].astype(float))]
+    rows = []
+    for (run_b, layer, impl, compile_mode), g in timed.groupby(
+            ["run_b", "layer", "impl", "compile"], sort=False):
+        rows.append({"run_b": run_b, "layer": layer, "impl": impl, "compile": compile_mode,
+                     "variant": variant(impl, compile_mode), "cases": len(g),
+                     "geomean_ratio": geomean(g["ratio"]), "min_ratio": g["ratio"].min(),
+                     "max_ratio": g["ratio"].max(),
+                     "slower": int((g["verdict"] == "slower").sum()),
+                     "faster": int((g["verdict"] == "faster").sum())})
+    return pd.DataFrame(rows, columns=GEOMEAN_COLUMNS)

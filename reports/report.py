@@ -1,0 +1,152 @@
+"""A run directory's report: figures under ``plots/``, ``report.html`` and ``report.md``.
+
+Everything is rebuilt from the files of the run (``results.csv``, ``meta.json``), so
+``python cli.py report RUN_DIR`` gives the same report as the end of ``bench``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reports import html
+from reports.analysis import best_per_size, growth_exponents, measured
+from reports.markdown import definitions, md_table
+from reports.meta import environment_rows
+from reports.schema import STATUSES, load_run
+from reports.stats import geomean
+from reports.style import variant
+
+TABLE_COLUMNS = ["layer", "impl", "compile", "device", "dtype", "mode", "case", "status",
+                 "median_ms", "iqr_ms", "n_samples", "gflops", "gbps", "roofline_frac",
+                 "speedup_vs_builtin", "rel_err", "grad_rel_err", "compile_s", "peak_mem_bytes",
+                 "reason"]
+SETTING = ["device", "dtype", "mode"]
+METHOD = (
+    "Correctness: every case against a float64 CPU reference computed from the same rounded "
+    "inputs (outputs, every gradient, updated state), per-dtype tolerances. Timing: median of raw "
+    "samples after warm-up (CPU: torch.utils.benchmark blocks on the recorded thread count; CUDA: "
+    "events with the L2 cache flushed between samples). FLOPs count a multiply-add as 2 and "
+    "masked (causal) attention densely; bytes are the minimum traffic (each input, weight and "
+    "output once). Roofline fraction = achieved / min(peak matmul FLOP/s of the dtype, "
+    "intensity x copy bandwidth), ceilings from `python cli.py calibrate`. Growth exponent = "
+    "log-log slope of time vs FLOPs over the sizes measured: ~1 means time grows with the work, "
+    "well below 1 means fixed overheads dominate.")
+
+
+def build_report(run_dir: str | Path) -> list[Path]:
+    """Write the figures, ``report.html`` and ``report.md`` of ``run_dir``; return their paths.
+
+    Raises ``RunDataError`` when the run directory is missing, corrupt or empty.
+    """
+    from reports.plots import render  # matplotlib: only imported when a report is drawn
+
+    run_dir = Path(run_dir)
+    results, meta = load_run(run_dir)
+    figures = render(results, meta, run_dir / "plots")
+    summaries = {layer: _layer_summary(rows) for layer, rows in results.groupby("layer",
+                                                                                sort=False)}
+    title = f"layerbench report: {meta.get('run_id', run_dir.name)}"
+    html_path, md_path = run_dir / "report.html", run_dir / "report.md"
+    html_path.write_text(html.page(title, _html_body(results, meta, summaries, figures)),
+                         encoding="utf-8")
+    md_path.write_text(_markdown(title, results, meta, summaries, figures, run_dir),
+                       encoding="utf-8")
+    return [html_path, md_path, *(f.path for f in figures)]
+
+
+def status_counts(results: pd.DataFrame) -> pd.DataFrame:
+    """Cases per layer and status (every status a column, zeros included)."""
+    counts = pd.crosstab(results["layer"], results["status"]).reindex(
+        columns=list(STATUSES), fill_value=0)
+    counts.insert(0, "cases", counts.sum(axis=1))
+    counts = counts.reindex(pd.unique(results["layer"])).reset_index()
+    counts.columns.name = None
+    return counts
+
+
+def variant_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Per variant and setting: sizes measured, geomean speedup vs builtin, growth exponent."""
+    exponents = growth_exponents(results).set_index(["impl", "compile", *SETTING])["exponent"]
+    rows = []
+    timed = measured(results)
+    for key, group in results.groupby(["impl", "compile", *SETTING], sort=False):
+        ok = timed.loc[timed.index.intersection(group.index)]
+        ok = ok[ok["status"] == "ok"]
+        speedups = ok["speedup_vs_builtin"].dropna()
+        rows.append({
+            "variant": variant(key[0], key[1]), "setting": " ".join(key[2:]),
+            "cases": len(group), "ok": int((group["status"] == "ok").sum()),
+            "speedup_vs_builtin": geomean(speedups) if len(speedups) else np.nan,
+            "growth_exponent": exponents.get(key, np.nan),
+            "best_roofline_frac": ok["roofline_frac"].max() if len(ok) else np.nan,
+            "fastest_ms": ok["median_ms"].min() if len(ok) else np.nan,
+        })
+    return pd.DataFrame(rows)
+
+
+def _layer_summary(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    best = best_per_size(rows)
+    if len(best):
+        best = best.assign(setting=best[SETTING].agg(" ".join, axis=1))[
+            ["setting", "case", "best", "median_ms", "speedup_vs_builtin", "gflops",
+             "runner_up", "runner_up_ratio"]]
+    problems = rows[rows["status"] != "ok"]
+    problems = problems.assign(
+        variant=[variant(i, c) for i, c in zip(problems["impl"], problems["compile"],
+                                               strict=True)],
+        setting=problems[SETTING].agg(" ".join, axis=1) if len(problems) else [])
+    return {"variants": variant_summary(rows), "best": best,
+            "problems": problems[["variant", "setting", "case", "status", "reason"]]}
+
+
+def _html_body(results: pd.DataFrame, meta: dict[str, Any],
+               summaries: dict[str, dict[str, pd.DataFrame]], figures: list[Any]) -> str:
+    parts = ["<h2>Run</h2>", html.definitions(environment_rows(meta)),
+             f'<p class="note">{html.esc(METHOD)}</p>',
+             "<h2>At a glance</h2>", html.table(status_counts(results))]
+    for layer, summary in summaries.items():
+        parts += [f'<h2 id="{html.esc(layer)}">{html.esc(layer)}</h2>',
+                  "<h3>Implementations</h3>",
+                  html.table(summary["variants"]),
+                  '<p class="note">speedup_vs_builtin: geometric mean over the correct sizes '
+                  "(2 = twice as fast as the eager builtin); growth_exponent: see above.</p>"]
+        if len(summary["best"]):
+            parts += ["<h3>Fastest correct implementation per size</h3>",
+                      html.table(summary["best"])]
+        if len(summary["problems"]):
+            parts += ["<h3>Failures and skips</h3>", html.table(summary["problems"])]
+        parts += [html.figure(f.path, f"{f.title}. {f.caption}")
+                  for f in figures if f.layer == layer]
+    table = results[[c for c in TABLE_COLUMNS if c in results.columns]]
+    parts += ["<h2>Every case</h2>", html.table(table, scroll=True)]
+    return "\n".join(parts)
+
+
+def _markdown(title: str, results: pd.DataFrame, meta: dict[str, Any],
+              summaries: dict[str, dict[str, pd.DataFrame]], figures: list[Any],
+              run_dir: Path) -> str:
+    machine = meta.get("machine") or {}
+    keep = {"run", "command", "CPU", "versions", "git commit"}
+    rows = [(k, v) for k, v in environment_rows(meta) if k in keep or k.startswith(("GPU",
+                                                                                  "ceilings"))]
+    lines = [f"# {title}", "", definitions(rows), "", "## At a glance", "",
+             md_table(status_counts(results)), ""]
+    for layer, summary in summaries.items():
+        lines += [f"## {layer}", "", md_table(summary["variants"]), ""]
+        problems = summary["problems"]
+        failed = problems[problems["status"] != "skipped"]
+        if len(failed):
+            lines += ["**Failures:**", "", md_table(failed), ""]
+        if skipped := int((problems["status"] == "skipped").sum()):
+            lines += [f"{skipped} case(s) skipped (reasons in report.html).", ""]
+        links = [f"[{f.kind}]({f.path.relative_to(run_dir).as_posix()})"
+                 for f in figures if f.layer == layer]
+        if links:
+            lines += ["Figures: " + " · ".join(links), ""]
+    lines += [f"Full report: `report.html`; every case: `results.csv` "
+              f"({len(results)} rows, {machine.get('cpu_model', '?')}).", ""]
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""``report``, ``compare`` and ``calibrate`` from the command line: files and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests._cli import ROOT, Jobs, cli_env, describe, one_line_error
+from tests._report import assert_self_contained
+from tests._runs import FakeCase, fake_run, noisy
+
+IMPLS = {"builtin": 1e-3, "im2col": 3e-3, "einsum": 2e-3}
+
+
+def _run(path: Path, slow: dict[str, float] | None = None) -> Path:
+    """A conv run of three impls x two sizes; ``slow`` multiplies an impl's times."""
+    cases = [FakeCase(impl, case=case, params={"N": n},
+                      seconds=noisy(t * n * (slow or {}).get(impl, 1.0), n=40, seed=n))
+             for impl, t in IMPLS.items() for case, n in (("N1", 1), ("N8", 8))]
+    return fake_run(path, cases)
+
+
+def _broken_runs(root: Path) -> dict[str, Path]:
+    """Run directories that are wrong in one way each."""
+    runs = {name: _run(root / name) for name in ("corrupt-csv", "bad-schema", "empty",
+                                                 "bad-meta")}
+    (runs["corrupt-csv"] / "results.csv").write_bytes(b"\x00\xff garbage\n\x01,\x02\n" * 20)
+    meta = json.loads((runs["bad-schema"] / "meta.json").read_text())
+    (runs["bad-schema"] / "meta.json").write_text(json.dumps({**meta, "schema_version": 99}))
+    header = (runs["empty"] / "results.csv").read_text().splitlines()[0]
+    (runs["empty"] / "results.csv").write_text(header + "\n")
+    (runs["bad-meta"] / "meta.json").write_text("{not json")
+    runs["other-layer"] = fake_run(root / "other-layer",
+                                   [FakeCase("builtin", layer="rnn", seconds=noisy(1e-3))])
+    runs["missing"] = root / "does-not-exist"
+    return runs
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
+    root = tmp_path_factory.mktemp("report-cli")
+    base, same = _run(root / "base"), _run(root / "same")
+    slower = _run(root / "slower", slow={"im2col": 2.0})
+    broken = _broken_runs(root / "broken")
+    cache = root / "cache"
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        jobs = Jobs(root / "out", pool)
+        jobs.add("calibrate", "calibrate", env={"LAYERBENCH_CACHE_DIR": str(cache)})
+        jobs.add("report", "report", base)
+        jobs.add("compare-same", "compare", base, same, "--out", "{out}")
+        jobs.add("compare-slower", "compare", base, slower, "--out", "{out}")
+        jobs.add("compare-three", "compare", base, same, slower, "--out", "{out}")
+        for name, path in broken.items():
+            if name != "other-layer":
+                jobs.add(f"report-{name}", "report", path)
+            jobs.add(f"compare-{name}", "compare", base, path, "--out", "{out}")
+        jobs.add("compare-one-run", "compare", base, "--out", "{out}")
+        jobs.add("compare-bad-basis", "compare", base, same, "--basis", "sideways")
+        jobs.add("calibrate-bad-device", "calibrate", "--device", "tpu")
+        yield jobs
+
+
+def test_report_command_builds_the_report(jobs: Jobs) -> None:
+    proc = jobs["report"].proc
+    assert proc.returncode == 0, describe(proc)
+    run = Path(proc.stdout.splitlines()[0]).parent
+    assert_self_contained((run / "report.html").read_text(encoding="utf-8"))
+    assert (run / "report.md").stat().st_size > 0
+    assert list((run / "plots").glob("conv_*.png"))
+
+
+def test_a_run_against_an_equivalent_run_passes(jobs: Jobs) -> None:
+    proc = jobs["compare-same"].proc
+    assert proc.returncode == 0, describe(proc)
+    out = jobs["compare-same"].out
+    for name in ("compare.csv", "compare.md", "compare.html", "compare.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert_self_contained((out / "compare.html").read_text(encoding="utf-8"))
+    assert "REGRESSION" not in proc.stdout
+
+
+def test_an_impl_made_2x_slower_is_a_regression(jobs: Jobs) -> None:
+    proc = jobs["compare-slower"].proc
+    assert proc.returncode == 1, describe(proc)
+    flagged = [line for line in proc.stdout.splitlines() if line.startswith("REGRESSION")]
+    assert len(flagged) == 2 and all("conv/im2col" in line for line in flagged), proc.stdout
+    summary = (jobs["compare-slower"].out / "compare.md").read_text(encoding="utf-8")
+    assert "regression" in summary.lower()
+
+
+def test_three_runs_compare_each_with_the_first(jobs: Jobs) -> None:
+    proc = jobs["compare-three"].proc
+    assert proc.returncode == 1, describe(proc)  # the third run regressed
+    frame = pd.read_csv(jobs["compare-three"].out / "compare.csv")
+    verdicts = frame.groupby("run_b")["verdict"].agg(set)
+    assert verdicts["same"] == {"same"}
+    assert "slower" in verdicts["slower"]
+    assert set(frame["run_a"]) == {"base"}
+
+
+BAD = ["report-corrupt-csv", "report-bad-schema", "report-empty", "report-bad-meta",
+       "report-missing", "compare-corrupt-csv", "compare-bad-schema", "compare-empty",
+       "compare-bad-meta", "compare-missing", "compare-other-layer", "compare-one-run",
+       "compare-bad-basis", "calibrate-bad-device"]
+WORDS = {"report-bad-schema": "schema version 99", "report-empty": "no results",
+         "report-missing": "not a run directory", "report-bad-meta": "meta.json",
+         "compare-other-layer": "no cases in common", "calibrate-bad-device": "tpu",
+         "compare-corrupt-csv": "results.csv"}
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_input_exits_2_with_one_clear_line(jobs: Jobs, name: str) -> None:
+    assert WORDS.get(name, "") in one_line_error(jobs[name].proc)
+
+
+def test_calibrate_measures_and_caches_the_ceilings(jobs: Jobs) -> None:
+    proc = jobs["calibrate"].proc
+    assert proc.returncode == 0, describe(proc)
+    cached = list((jobs.root.parent / "cache" / "calibration").glob("*.json"))
+    assert len(cached) == 1
+    ceilings = json.loads(cached[0].read_text(encoding="utf-8"))
+    assert set(ceilings["matmul_gflops"]) == {"float32", "float64", "bfloat16", "float16"}
+    for dtype, gflops in ceilings["matmul_gflops"].items():
+        assert 0.1 < gflops < 1e6, (dtype, gflops)  # any CPU, never zero or absurd
+    assert 0.1 < ceilings["copy_gbps"] < 1e4
+    assert str(cached[0]) in proc.stdout
+    # a second call reads the cache instead of measuring again
+    again = subprocess.run([sys.executable, "cli.py", "calibrate"], cwd=ROOT, text=True,
+                           env={**cli_env(), "LAYERBENCH_CACHE_DIR": str(cached[0].parents[1])},
+                           capture_output=True, timeout=120, check=False)
+    assert again.returncode == 0, describe(again)
+    assert json.loads(cached[0].read_text(encoding="utf-8")) == ceilings
+    assert f"measured {ceilings['measured_at']}" in again.stdout
+
