@@ -8,10 +8,12 @@ stderr, no traceback); 130 interrupted.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
@@ -21,12 +23,12 @@ from rich.table import Table
 from impls import DTYPE_NAMES, MODES, REGISTRY
 from reports.console import ProgressBar, problems, summary_tables
 from reports.meta import ceiling_text
-from reports.schema import RunDataError, load_run
-from reports.writer import RunWriter, new_run_dir
+from reports.schema import KEY_COLUMNS, RunDataError, load_run
+from reports.writer import RunWriter, new_run_dir, open_resumed
 from suites import calibration
 from suites.cases import Case, plan
 from suites.compilation import COMPILE_MODES, use_project_cache
-from suites.config import BenchConfig, TimingConfig
+from suites.config import BenchConfig, TimingConfig, config_from_dict
 from suites.environment import available_devices, device_problem, machine_info
 from suites.presets import PRESET_NAMES, notes_size, parse_size
 from suites.runner import run
@@ -119,7 +121,7 @@ def list_command(layer: str | None, impl_files: tuple[Path, ...]) -> None:
 
 
 @cli.command("bench")
-@click.argument("layer")
+@click.argument("layer", required=False)
 @click.option("--device", "devices", multiple=True, default=("cpu",), show_default=True,
               help="cpu, cuda, cuda:N, mps or all (repeatable, or comma-separated).")
 @click.option("--dtype", "dtypes", multiple=True, default=("float32",), show_default=True,
@@ -149,13 +151,28 @@ def list_command(layer: str | None, impl_files: tuple[Path, ...]) -> None:
               help="Python file registering your own implementations (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--no-report", is_flag=True, help="Skip the plots and report.html/report.md.")
-def bench_command(layer: str, devices: tuple[str, ...], dtypes: tuple[str, ...],
+@click.option("--timeout", "timeout_s", default=300.0, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="Seconds one case may take in all (checks, compile, timing); beyond it the "
+                   "case is a `timeout` row. Hard (the worker is killed) with --isolate.")
+@click.option("--isolate/--no-isolate", default=None,
+              help="Run each case in a worker process: a hard --timeout, and a crash costs one "
+                   "case, not the run. Default: on with --impl-file or torch.compile.")
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Finish an interrupted run in RUN_DIR: its remaining cases, with the "
+                   "configuration recorded in its meta.json (other options are ignored).")
+def bench_command(layer: str | None, devices: tuple[str, ...], dtypes: tuple[str, ...],
                   modes: tuple[str, ...], impls: tuple[str, ...],
                   compile_modes: tuple[str, ...], preset: str, size: str | None,
                   budget_s: float, min_time_s: float, trials: int, threads: int, seed: int,
                   profile: bool, out: Path, impl_files: tuple[Path, ...], quiet: bool,
-                  no_report: bool) -> None:
+                  no_report: bool, timeout_s: float, isolate: bool | None,
+                  resume: Path | None) -> None:
     """Run LAYER's suite (or `all`) and write results/<run-id>/."""
+    if resume is not None:
+        sys.exit(_resume_bench(resume, quiet, report=not no_report))
+    if layer is None:
+        raise InputError("missing LAYER (a layer name or all; or --resume RUN_DIR)")
     _load_impl_files(impl_files)
     layer_names = [x.name for x in REGISTRY.layers()]
     layers = _choose("layer", (layer,), layer_names, everything=tuple(layer_names))
@@ -165,7 +182,8 @@ def bench_command(layer: str, devices: tuple[str, ...], dtypes: tuple[str, ...],
         if len(layers) != 1:
             raise InputError("--size needs a single layer, not 'all'")
         try:
-            custom = tuple(parse_size(size, notes_size(layers[0])).items())
+            custom = tuple(parse_size(size, notes_size(layers[0]),
+                                      REGISTRY.layer(layers[0])).items())
         except ValueError as exc:
             raise InputError(str(exc)) from None
     config = BenchConfig(
@@ -178,21 +196,13 @@ def bench_command(layer: str, devices: tuple[str, ...], dtypes: tuple[str, ...],
         preset=_choose("preset", (preset,), PRESET_NAMES)[0],
         size=custom, budget_s=budget_s, trials=trials, seed=seed, threads=threads,
         profile=profile, timing=TimingConfig(min_time_s=min_time_s), out=out,
-        impl_files=impl_files,
+        impl_files=impl_files, timeout_s=timeout_s,
+        isolate=isolate if isolate is not None else bool(
+            impl_files or set(_split(compile_modes)) - {"none"}),
     )
-    try:
-        cases = plan(config)
-    except (KeyError, ValueError) as exc:
-        raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None
-    sys.exit(_run_bench(config, cases, quiet, report=not no_report))
-
-
-def _run_bench(config: BenchConfig, cases: list[Case], quiet: bool, report: bool) -> int:
-    """Run the planned cases into a new run directory; print the summary; return the exit code."""
+    cases = _plan(config)
     if config.threads:
         torch.set_num_threads(config.threads)
-    use_project_cache()
-    params = [p for name in config.layers for p in REGISTRY.layer(name).params]
     try:
         what = config.layers[0] if len(config.layers) == 1 else "all"
         run_dir = new_run_dir(config.out, "-".join((what, *config.devices)))
@@ -203,15 +213,69 @@ def _run_bench(config: BenchConfig, cases: list[Case], quiet: bool, report: bool
     ceilings = {device: _ceilings(device, console) for device in config.devices}
     meta = {"command": sys.argv, "config": dataclasses.asdict(config),
             "machine": machine_info(list(config.devices)), "calibration": ceilings}
-    writer = RunWriter(run_dir, params, meta)
-    console.print(f"layerbench: {len(cases)} cases -> {run_dir}")
+    writer = RunWriter(run_dir, _params(config), meta)
+    sys.exit(_run_bench(config, cases, writer, quiet, report=not no_report, ceilings=ceilings))
+
+
+def _plan(config: BenchConfig) -> list[Case]:
+    try:
+        return plan(config)
+    except (KeyError, ValueError) as exc:
+        raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None
+
+
+def _params(config: BenchConfig) -> list[str]:
+    return [p for name in config.layers for p in REGISTRY.layer(name).params]
+
+
+def _resume_bench(run_dir: Path, quiet: bool, report: bool) -> int:
+    """Run the cases of ``run_dir`` that have no result row yet, appending to its files."""
+    try:
+        meta = json.loads((run_dir / "meta.json").read_text(encoding="utf-8"))
+        config = config_from_dict(meta["config"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"--resume {run_dir}: no usable meta.json ({exc})") from None
+    _load_impl_files(config.impl_files)
+    for device in config.devices:
+        if problem := device_problem(device):
+            raise InputError(f"--resume {run_dir}: {problem}")
+    cases = _plan(config)
+    try:
+        meta, rows = open_resumed(run_dir, _params(config))
+    except RunDataError as exc:
+        raise InputError(str(exc)) from None
+    done = {tuple(r[k] for k in KEY_COLUMNS): r for r in rows}
+    todo = [c for c in cases if c.key not in done]
+    baselines = {c: float(done[c.key]["median_ms"]) / 1e3 for c in cases
+                 if c.key in done and c == c.baseline
+                 and done[c.key]["status"] in ("ok", "incorrect")}
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    console = _console(stderr=True)
+    console.print(f"resuming {run_dir}: {len(rows)} of {len(cases)} cases already done")
+    ceilings = {device: _ceilings(device, console) for device in config.devices}
+    writer = RunWriter(run_dir, _params(config), {**meta, "calibration": ceilings},
+                       resumed=True)
+    return _run_bench(config, todo, writer, quiet, report, ceilings, baselines)
+
+
+def _run_bench(config: BenchConfig, cases: list[Case], writer: RunWriter, quiet: bool,
+               report: bool, ceilings: dict[str, Any],
+               baselines: dict[Case, float] | None = None) -> int:
+    """Run ``cases`` into the writer's run directory; print the summary; return the exit code."""
+    use_project_cache()
+    run_dir = writer.run_dir
+    console = _console(stderr=True)
+    console.print(f"layerbench: {len(cases)} cases -> {run_dir}"
+                  + (" (each in a worker process)" if config.isolate else ""))
     try:
         with ProgressBar(len(cases), console, enabled=not quiet) as bar:
             run(config, cases, [writer, bar], profile_root=writer.profile_dir,
-                ceilings=ceilings)
+                ceilings=ceilings, baselines=baselines)
     except KeyboardInterrupt:
         writer.close(interrupted=True)
-        console.print(f"interrupted: the finished cases are in {run_dir / 'results.csv'}")
+        console.print(f"interrupted: the finished cases are in {run_dir / 'results.csv'}; "
+                      f"finish with `python cli.py bench --resume {run_dir}`", markup=False)
         return EXIT_INTERRUPTED
     writer.close(interrupted=False)
     frame, _ = load_run(run_dir)

@@ -15,6 +15,7 @@ concatenate the heads, ``fc``, add the *input* ``q`` (residual), then LayerNorm 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import ClassVar
 
 import torch
@@ -36,12 +37,27 @@ from impls.registry import REGISTRY, CaseInputs, Params, register_impl, register
 LN_EPS = 1e-6
 
 
+def per_head_sizes(name: str, params: Params, given: Collection[str]) -> Params:
+    """``d_k = d_v = d_model / n_head`` (the paper's choice) when a user sets ``d_model`` or
+    ``n_head`` but neither ``d_k`` nor ``d_v``; ``ValueError`` if that does not divide."""
+    if not {"d_model", "n_head"} & set(given) or {"d_k", "d_v"} & set(given):
+        return params
+    d_model, n_head = params["d_model"], params["n_head"]
+    if n_head < 1 or d_model % n_head:
+        raise ValueError(f"{name}: d_model {d_model} is not divisible by n_head {n_head} "
+                         "(d_k = d_v = d_model / n_head unless you set d_k and d_v)")
+    return {**params, "d_k": d_model // n_head, "d_v": d_model // n_head}
+
+
 class MultiHeadAttentionLayer(MaskedAttentionLayer):
     name = "mha"
     title = "MultiHeadAttention"
     params = ("N", "len_q", "len_k", "d_model", "n_head", "d_k", "d_v", "mask")
     labels: ClassVar[dict[str, str]] = {"len_q": "q", "len_k": "k", "d_model": "dm",
                                         "n_head": "h", "d_k": "dk", "d_v": "dv"}
+
+    def derived(self, params: Params, given: Collection[str]) -> Params:
+        return per_head_sizes(self.name, params, given)
     def make_inputs(self, params: Params, generator: torch.Generator) -> CaseInputs:
         N, len_q, len_k, d_model, n_head, d_k, d_v = (params[p] for p in self.params[:-1])
 

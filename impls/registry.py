@@ -11,7 +11,7 @@ import importlib.util
 import inspect
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -83,6 +83,10 @@ class Layer(ABC):
     def label(self, params: Params) -> str:
         """A short stable label such as ``N64_Cin1_Cout8_H28_W28_k3_s1_p0``."""
         return "_".join(f"{self.labels.get(p, p)}{params[p]}" for p in self.params)
+
+    def derived(self, params: Params, given: Collection[str]) -> Params:
+        """``params`` completed from the parameters a user set (``given``): by default as is."""
+        return params
 
     def check(self, params: Params) -> None:
         """Raise ``ValueError`` with a one-line reason if ``params`` make no sense."""

@@ -25,13 +25,14 @@ from __future__ import annotations
 import functools
 import math
 from abc import abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from impls.mha import per_head_sizes
 from impls.registry import (
     REGISTRY,
     CaseInputs,
@@ -140,6 +141,9 @@ class _TransformerPart(Layer):
 
     def __init__(self, pad_idx: int = 0) -> None:
         self.pad_idx = pad_idx
+
+    def derived(self, params: Params, given: Collection[str]) -> Params:
+        return per_head_sizes(self.name, params, given)
 
     def check(self, params: Params) -> None:
         super().check(params)

@@ -27,8 +27,8 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> list[Path]:
     comparison.frame.to_csv(paths[0], index=False)
     plot_ratios(comparison, paths[3])
     counts, sections, geo = _counts(comparison), _sections(comparison), _geo_view(comparison)
-    md = ["# Run comparison", "", "\n\n".join(_summary(comparison)), "", "## Verdicts", "",
-          md_table(counts)]
+    md = ["# Run comparison", "", "\n\n".join(_summary(comparison)), "", _machines(comparison),
+          "", "## Verdicts", "", md_table(counts)]
     for title, frame, total in sections:
         more = f"\n\n… and {total - len(frame)} more in compare.csv" if total > len(frame) else ""
         md += ["", f"## {title} ({total})", "", md_table(frame) + more]
@@ -50,6 +50,18 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> list[Path]:
              "<h2>Every case</h2>", html.table(_view(comparison, comparison.frame), scroll=True)]
     paths[2].write_text(html.page("Run comparison", "\n".join(body)), encoding="utf-8")
     return paths
+
+
+def _machines(c: Comparison) -> str:
+    """One line per run: where it ran and with what (the full record is in compare.html)."""
+    keep = ("CPU", "versions", "git commit")
+    lines = []
+    for i, run in enumerate(c.runs):
+        rows = dict(environment_rows(run.meta))
+        gpus = [v for k, v in rows.items() if k.startswith("GPU")]
+        what = "; ".join([*(rows[k] for k in keep if k in rows), *gpus])
+        lines.append(f"- {'A' if i == 0 else 'B'} `{run.label}`: {what}")
+    return "\n".join(lines)
 
 
 def _summary(c: Comparison) -> list[str]:

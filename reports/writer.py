@@ -1,7 +1,14 @@
-"""Write a run directory: ``results.csv``, ``samples.csv``, ``ops.csv`` and ``meta.json``."""
+"""Write a run directory: ``results.csv``, ``samples.csv``, ``ops.csv`` and ``meta.json``.
+
+A run that was interrupted (Ctrl-C, a kill, a power cut) is continued in place: ``open_resumed``
+repairs the files (a line cut short by a power cut is dropped; samples and operators of cases
+without a result row are removed, since those cases run again) and says which cases are done.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,6 +19,7 @@ from reports.schema import (
     SAMPLE_COLUMNS,
     SCHEMA_VERSION,
     CsvAppender,
+    RunDataError,
     result_columns,
     write_json,
 )
@@ -35,10 +43,15 @@ def new_run_dir(out: Path, name: str) -> Path:
 class RunWriter:
     """A sink for the runner: every result is on disk as soon as its case ends."""
 
-    def __init__(self, run_dir: Path, param_names: list[str], meta: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, param_names: list[str], meta: dict[str, Any],
+                 resumed: bool = False) -> None:
         self.run_dir, self.run_id = run_dir, run_dir.name
-        self.meta = {"schema_version": SCHEMA_VERSION, "run_id": self.run_id,
-                     "start_time": _now(), "end_time": None, **meta}
+        if resumed:  # keep the first part's record; note when it was taken up again
+            self.meta = {**meta, "end_time": None,
+                         "resumed": [*meta.get("resumed", []), _now()]}
+        else:
+            self.meta = {"schema_version": SCHEMA_VERSION, "run_id": self.run_id,
+                         "start_time": _now(), "end_time": None, **meta}
         write_json(run_dir / "meta.json", self.meta)
         self._results = CsvAppender(run_dir / "results.csv", result_columns(param_names))
         self._samples = CsvAppender(run_dir / "samples.csv", SAMPLE_COLUMNS)
@@ -71,6 +84,62 @@ class RunWriter:
         for appender in (self._results, self._samples, self._ops):
             if appender is not None:
                 appender.close()
+
+
+def open_resumed(run_dir: Path, param_names: list[str]) -> tuple[dict[str, Any],
+                                                                 list[dict[str, str]]]:
+    """Repair an interrupted run directory; return its ``meta.json`` and finished result rows.
+
+    Raises ``RunDataError`` when ``run_dir`` is not a run directory this version can continue.
+    """
+    results, meta_path = run_dir / "results.csv", run_dir / "meta.json"
+    if not results.is_file() or not meta_path.is_file():
+        raise RunDataError(f"--resume {run_dir}: not a run directory (needs results.csv and "
+                           "meta.json)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDataError(f"{meta_path}: unreadable ({exc})") from None
+    version = meta.get("schema_version") if isinstance(meta, dict) else None
+    if version != SCHEMA_VERSION:
+        raise RunDataError(f"--resume {run_dir}: written by another layerbench version "
+                           f"(schema {version!r}, this one writes {SCHEMA_VERSION})")
+    header, rows = _repaired(results)
+    if header and header != result_columns(param_names):
+        raise RunDataError(f"--resume {run_dir}: results.csv has other columns than this "
+                           "configuration writes (another layerbench version?)")
+    done = {tuple(row[k] for k in KEY_COLUMNS) for row in rows}
+    for name in ("samples.csv", "ops.csv"):
+        path = run_dir / name
+        if path.is_file():
+            header, kept = _repaired(path)
+            _rewrite(path, header, [r for r in kept if tuple(r.get(k) for k in KEY_COLUMNS)
+                                    in done])
+    return meta, rows
+
+
+def _repaired(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and complete rows of a CSV file; a last line cut short is cut off the file."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = [row for row in reader if None not in row and None not in row.values()]
+            return list(reader.fieldnames or []), rows
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise RunDataError(f"{path}: unreadable ({exc})") from None
+
+
+def _rewrite(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
 
 
 def _now() -> str:

@@ -33,6 +33,13 @@ class Case:
         return REGISTRY.layer(self.layer).label(self.size)
 
     @property
+    def key(self) -> tuple[str, ...]:
+        """The case's identity in the run files: (layer, impl, compile, device, dtype, mode,
+        case label)."""
+        return (self.layer, self.impl, self.compile, self.device, self.dtype, self.mode,
+                self.label)
+
+    @property
     def baseline(self) -> Case:
         """The eager builtin case that ``speedup_vs_builtin`` divides by."""
         return Case(self.layer, BASELINE_IMPL, "none", self.params, self.device, self.dtype,

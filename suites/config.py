@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,35 @@ class BenchConfig:
     seed: int = 0
     threads: int = 0  # 0: torch's default
     profile: bool = False
+    isolate: bool = False  # each case in a worker process (hard time limit, survives crashes)
+    timeout_s: float = 300.0  # per case, everything included; hard only when isolated
     timing: TimingConfig = field(default_factory=TimingConfig)
     out: Path = Path("results")
     impl_files: tuple[Path, ...] = ()
+
+
+def config_from_dict(data: dict[str, Any]) -> BenchConfig:
+    """The ``BenchConfig`` recorded in a run's ``meta.json`` (``dataclasses.asdict`` of one).
+
+    Raises ``ValueError`` on a field this version does not know or a value of the wrong kind.
+    """
+    known = {f.name for f in fields(BenchConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown configuration field(s) {', '.join(unknown)}")
+    try:
+        values: dict[str, Any] = dict(data)
+        for name in ("layers", "impls", "devices", "dtypes", "modes", "compile_modes"):
+            if name in values:
+                values[name] = tuple(str(v) for v in values[name])
+        if "size" in values:
+            values["size"] = tuple((str(k), int(v)) for k, v in values["size"])
+        if "impl_files" in values:
+            values["impl_files"] = tuple(Path(p) for p in values["impl_files"])
+        if "out" in values:
+            values["out"] = Path(values["out"])
+        if "timing" in values:
+            values["timing"] = TimingConfig(**values["timing"])
+        return BenchConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"unreadable configuration ({exc})") from None

@@ -1,8 +1,9 @@
 """Run cases: check each against the reference, time it, and hand the result to a sink.
 
 A case never crashes the run: an implementation that raises becomes an ``error`` row, one that
-runs out of memory an ``oom`` row, a wrong one ``incorrect`` (timed all the same), and a naive
-loop predicted to exceed the budget ``skipped``.
+runs out of memory an ``oom`` row, a wrong one ``incorrect`` (timed all the same), a naive loop
+predicted to exceed the budget ``skipped``, one that overruns ``--timeout`` a ``timeout`` row,
+and one that kills its worker process (``--isolate``) an ``error`` row.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from suites.compilation import compiled
 from suites.config import BenchConfig
 from suites.correctness import TOLERANCES, bind, check, make_trial, tolerance_key
 from suites.environment import dtype_problem, tf32_flags
+from suites.isolation import Lost, executor
 from suites.profiling import profile_case, trace_name
 from suites.timing import Samples, cuda_peak_memory, measure, synchronize
 
@@ -101,43 +103,66 @@ class Sink(Protocol):
 
 def run(config: BenchConfig, cases: list[Case], sinks: Sequence[Sink],
         profile_root: Path | None = None,
-        ceilings: Mapping[str, dict[str, Any]] | None = None) -> list[CaseResult]:
+        ceilings: Mapping[str, dict[str, Any]] | None = None,
+        baselines: Mapping[Case, float] | None = None) -> list[CaseResult]:
     """Run ``cases`` in order; each result goes to every sink as soon as it is known.
 
-    With ``config.profile``, each measured case is then profiled into ``profile_root/<case>/``.
-    ``ceilings`` (device -> ``calibration.ceilings``) give each timed case its roofline fraction.
+    Each case runs in this process or, with ``config.isolate``, in a worker process (see
+    ``suites.isolation``). With ``config.profile``, each measured case is then profiled into
+    ``profile_root/<case>/``. ``ceilings`` (device -> ``calibration.ceilings``) give each timed
+    case its roofline fraction; ``baselines`` (eager builtin case -> median seconds) carry the
+    builtins of an earlier part of a resumed run.
     """
-    ceilings = ceilings or {}
-    baselines: dict[Case, float] = {}
+    ceilings, known = ceilings or {}, dict(baselines or {})
     results = []
-    for case in cases:
-        for sink in sinks:
-            sink.started(case)
-        result = run_case(case, config)
-        if case == case.baseline and result.status in ("ok", "incorrect"):
-            baselines[case] = result.median_s
-        if case.baseline in baselines and result.samples:
-            result.speedup_vs_builtin = baselines[case.baseline] / result.median_s
-        if result.samples and case.device in ceilings:
-            result.roofline_frac = roofline_frac(
-                result.flops / result.median_s / 1e9, result.flops, result.bytes,
-                ceilings[case.device], peak_key(case.dtype, case.device, tf32_flags()))
-        if config.profile and profile_root is not None and result.status in ("ok", "incorrect"):
-            result.ops = _profile(case, config, profile_root / trace_name(case))
-        for sink in sinks:
-            sink.finished(result)
-        results.append(result)
+    execute = executor(config, execute_case)
+    try:
+        for case in cases:
+            for sink in sinks:
+                sink.started(case)
+            result = execute(case, profile_root)
+            if isinstance(result, Lost):
+                lost, result = result, new_result(case, config)
+                result.status, result.reason = lost.status, lost.reason
+            if case == case.baseline and result.status in ("ok", "incorrect"):
+                known[case] = result.median_s
+            if case.baseline in known and result.samples:
+                result.speedup_vs_builtin = known[case.baseline] / result.median_s
+            if result.samples and case.device in ceilings:
+                result.roofline_frac = roofline_frac(
+                    result.flops / result.median_s / 1e9, result.flops, result.bytes,
+                    ceilings[case.device], peak_key(case.dtype, case.device, tf32_flags()))
+            for sink in sinks:
+                sink.finished(result)
+            results.append(result)
+    except BaseException:  # Ctrl-C: stop the case in flight now, not after it ends
+        execute.close(kill=True)
+        raise
+    execute.close()
     return results
+
+
+def execute_case(case: Case, config: BenchConfig, profile_root: Path | None) -> CaseResult:
+    """One case, all of it: check, time and (with ``config.profile``) profile."""
+    result = run_case(case, config)
+    if config.profile and profile_root is not None and result.status in ("ok", "incorrect"):
+        result.ops = _profile(case, config, profile_root / trace_name(case))
+    return result
+
+
+def new_result(case: Case, config: BenchConfig) -> CaseResult:
+    """A result with what is known before anything runs: FLOPs, bytes, tolerances."""
+    layer, dtype = REGISTRY.layer(case.layer), DTYPE_NAMES[case.dtype]
+    rtol, atol = TOLERANCES[tolerance_key(dtype, case.device)]
+    return CaseResult(case, flops=layer.flops(case.size, case.mode),
+                      bytes=layer.bytes_moved(case.size, dtype, case.mode), rtol=rtol, atol=atol,
+                      threads=torch.get_num_threads(), seed=config.seed)
 
 
 def run_case(case: Case, config: BenchConfig) -> CaseResult:
     """Check and time one case; failures become the result's status and reason."""
-    layer, impl = REGISTRY.layer(case.layer), REGISTRY.impl(case.layer, case.impl)
-    dtype, params = DTYPE_NAMES[case.dtype], case.size
-    rtol, atol = TOLERANCES[tolerance_key(dtype, case.device)]
-    result = CaseResult(case, flops=layer.flops(params, case.mode),
-                        bytes=layer.bytes_moved(params, dtype, case.mode), rtol=rtol, atol=atol,
-                        threads=torch.get_num_threads(), seed=config.seed)
+    impl, dtype = REGISTRY.impl(case.layer, case.impl), DTYPE_NAMES[case.dtype]
+    result = new_result(case, config)
     unsupported = (impl.unsupported(case.device, dtype, case.mode, case.compile)
                    or dtype_problem(dtype, case.device))
     if unsupported:

@@ -80,6 +80,12 @@ def _error_commands(files: Path) -> dict[str, tuple[str, ...]]:
         "out-is-a-file": ("bench", "conv", "--impl", "builtin", "--size", TINY_SIZE, "--out",
                           str(files / "empty.py")),
         "impl-file-missing": ("bench", "conv", "--impl-file", str(files / "missing.py")),
+        "negative-size": ("bench", "conv", "--size", "N=-1"),
+        "heads-do-not-divide": ("bench", "mha", "--size", "d_model=100,n_head=3"),
+        "longer-than-n-position": ("bench", "transformer", "--size", "src_len=500"),
+        "no-layer": ("bench",),
+        "resume-not-a-run": ("bench", "--resume", str(files)),
+        "zero-timeout": ("bench", "conv", "--timeout", "0"),
     }
     for name in BAD_FILES:
         commands[f"impl-file-{Path(name).stem}"] = ("bench", "conv", "--impl-file",
@@ -358,6 +364,11 @@ def test_impl_file_errors_name_the_file(jobs: Jobs, name: str) -> None:
     ("malformed-size-value", "abc"),
     ("malformed-size-item", "N8"),
     ("nonsense-size", "k=100"),
+    ("negative-size", "N must be >= 1"),
+    ("heads-do-not-divide", "not divisible by n_head"),
+    ("longer-than-n-position", "n_position"),
+    ("no-layer", "LAYER"),
+    ("resume-not-a-run", "--resume"),
 ])
 def test_bad_input_message_names_the_culprit(jobs: Jobs, name: str, words: str) -> None:
     assert words in jobs[name].proc.stderr, describe(jobs[name].proc)

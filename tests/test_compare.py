@@ -268,6 +268,7 @@ def test_write_comparison(tmp_path: Path) -> None:
     md = paths[1].read_text(encoding="utf-8")
     assert "## Regressions (2)" in md and "## Improvements (2)" in md
     assert "](compare.png)" in md
+    assert md.count("Test CPU, 2 logical cores") == 3  # where each run ran
     page = paths[2].read_text(encoding="utf-8")
     assert 'src="data:image/png;base64,' in page
     assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", page)

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from impls.registry import Layer
 
 PRESET_NAMES = ("quick", "default", "full")
 
@@ -43,12 +47,15 @@ def preset_sizes(layer: str, preset: str) -> list[dict[str, int]]:
     return preset_table(layer)[preset]
 
 
-def parse_size(text: str, base: dict[str, int] | None = None) -> dict[str, int]:
-    """Parse ``k=v,k=v`` into integers, on top of ``base`` (e.g. the notes' size).
+def parse_size(text: str, base: dict[str, int] | None = None,
+               layer: Layer | None = None) -> dict[str, int]:
+    """Parse ``k=v,k=v`` into integers, on top of ``base`` (e.g. the notes' size); ``layer``
+    completes what follows from the keys given (``Layer.derived``).
 
     Raises ``ValueError`` with a one-line reason on malformed input.
     """
     size = dict(base or {})
+    given = set()
     for item in text.split(","):
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
@@ -59,4 +66,5 @@ def parse_size(text: str, base: dict[str, int] | None = None) -> dict[str, int]:
         except ValueError:
             raise ValueError(f"malformed --size item {item!r}: {value!r} is not an integer"
                              ) from None
-    return size
+        given.add(key)
+    return layer.derived(size, given) if layer is not None else size

@@ -1,0 +1,177 @@
+"""Failures are data: faulty implementations, interrupted runs, ``--resume``, ``--seed``.
+
+Fault injection goes through ``--impl-file tests/data/faulty_conv.py``: implementations that
+raise, return NaN, hang, ask for 4 PiB, or kill their own process.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from reports.schema import KEY_COLUMNS, load_run, load_samples
+from suites.cases import plan
+from suites.config import BenchConfig
+from tests._cli import ROOT, Jobs, cli_env, describe, only_run_dir, read_csv
+
+FAULTS = ROOT / "tests" / "data" / "faulty_conv.py"
+TINY = "N=1,C_in=1,C_out=2,H=8,W=8"
+FAST = ("--min-time", "0.05", "--quiet", "--no-report")
+# A run long enough to interrupt: 2 sizes x 2 modes x (builtin, slow), each in a worker.
+LONG = ("bench", "conv", "--impl-file", FAULTS, "--impl", "slow", "--preset", "quick",
+        "--mode", "fwd,fwdbwd", "--trials", "1", *FAST)
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        jobs = Jobs(tmp_path_factory.mktemp("failures"), pool)
+        jobs.add("faults", "bench", "conv", "--impl-file", FAULTS, "--impl",
+                 "raises,nan,sleeps,hog,killself", "--size", TINY, "--timeout", "4",
+                 "--out", "{out}", *FAST)
+        jobs.add("in-process-timeout", "bench", "conv", "--impl-file", FAULTS, "--impl",
+                 "sleeps", "--no-isolate", "--size", TINY, "--timeout", "2", "--out", "{out}",
+                 *FAST)
+        for name, seed in (("seed-a", 7), ("seed-b", 7), ("seed-c", 8)):
+            jobs.add(name, "bench", "conv", "--impl", "im2col", "--size", TINY, "--mode",
+                     "fwd,fwdbwd", "--seed", seed, "--out", "{out}", *FAST)
+        yield jobs
+
+
+def _rows(run_dir: Path) -> dict[str, dict[str, str]]:
+    return {row["impl"]: row for row in read_csv(run_dir / "results.csv")[1]}
+
+
+def test_every_failure_is_its_own_row_and_the_run_goes_on(jobs: Jobs) -> None:
+    proc = jobs["faults"].proc
+    assert proc.returncode == 1, describe(proc)  # an error and a wrong result: exit 1
+    rows = _rows(jobs["faults"].run_dir)
+    assert {impl: row["status"] for impl, row in rows.items()} == {
+        "builtin": "ok", "raises": "error", "nan": "incorrect", "sleeps": "timeout",
+        "hog": "oom", "killself": "error"}
+    assert "RuntimeError: this kernel is not finished" in rows["raises"]["reason"]
+    assert "NaN" in rows["nan"]["reason"]
+    assert "4 s limit" in rows["sleeps"]["reason"] and "killed" in rows["sleeps"]["reason"]
+    assert "allocate" in rows["hog"]["reason"]
+    assert "SIGKILL" in rows["killself"]["reason"]
+    assert float(rows["nan"]["median_ms"]) > 0  # a wrong result is still timed
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_timeout_interrupts_a_case_without_isolation(jobs: Jobs) -> None:
+    proc = jobs["in-process-timeout"].proc
+    assert proc.returncode == 0, describe(proc)  # timeout is a result, not a failure
+    rows = _rows(jobs["in-process-timeout"].run_dir)
+    assert rows["sleeps"]["status"] == "timeout"
+    assert "interrupted" in rows["sleeps"]["reason"]
+    assert rows["builtin"]["status"] == "ok"
+
+
+def test_the_seed_replays_the_same_inputs_and_weights(jobs: Jobs) -> None:
+    runs = {name: read_csv(jobs[name].run_dir / "results.csv")[1]
+            for name in ("seed-a", "seed-b", "seed-c")}
+    for name, rows in runs.items():
+        assert jobs[name].proc.returncode == 0, describe(jobs[name].proc)
+        assert {r["seed"] for r in rows} == {"8" if name == "seed-c" else "7"}
+    errors = {name: [(r["max_abs_err"], r["grad_max_abs_err"]) for r in rows]
+              for name, rows in runs.items()}
+    assert errors["seed-a"] == errors["seed-b"]  # same inputs: the same error, to the last bit
+    assert errors["seed-a"] != errors["seed-c"]
+    meta = json.loads((jobs["seed-a"].run_dir / "meta.json").read_text(encoding="utf-8"))
+    assert meta["config"]["seed"] == 7
+
+
+def _planned_keys() -> list[tuple[str, ...]]:
+    config = BenchConfig(layers=("conv",), impls=("slow",), preset="quick",
+                         modes=("fwd", "fwdbwd"))
+    from impls import REGISTRY
+
+    if ("conv", "slow") not in {(i.layer, i.name) for i in REGISTRY.impls("conv")}:
+        REGISTRY.load_file(FAULTS)
+    return [c.key for c in plan(config)]
+
+
+def _interrupt(out: Path, sig: signal.Signals) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Start the long run, wait for a random number of finished cases, then send ``sig``."""
+    proc = subprocess.Popen([sys.executable, "cli.py", *map(str, LONG), "--out", str(out)],
+                            cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wanted = random.Random(sig.value).randint(1, 5)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        dirs = list(out.glob("*/results.csv"))
+        if dirs and len(dirs[0].read_text(encoding="utf-8").splitlines()) > wanted:
+            break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    return only_run_dir(out), subprocess.CompletedProcess(proc.args, proc.returncode, stdout,
+                                                          stderr)
+
+
+def _check_complete(run_dir: Path) -> None:
+    """Every planned case exactly once, and samples for exactly the timed ones."""
+    results, _ = load_run(run_dir)
+    keys = [tuple(r) for r in results[list(KEY_COLUMNS)].astype(str).itertuples(index=False)]
+    assert sorted(keys) == sorted(_planned_keys())
+    samples = load_samples(run_dir)
+    counts = samples.groupby(list(KEY_COLUMNS)).size()
+    for row in results.itertuples(index=False):
+        key = tuple(str(getattr(row, k)) for k in KEY_COLUMNS)
+        assert counts.get(key, 0) == row.n_samples, key
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_an_interrupted_run_keeps_its_rows_and_resumes(tmp_path: Path,
+                                                       sig: signal.Signals) -> None:
+    run_dir, proc = _interrupt(tmp_path, sig)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, describe(proc)
+        assert "results.csv" in proc.stderr and "--resume" in proc.stderr
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    _, rows = read_csv(run_dir / "results.csv")
+    assert 0 < len(rows) < len(_planned_keys()), "interrupted before the end"
+    assert all(None not in row.values() for row in rows)  # no half-written line
+    load_run(run_dir)  # a valid file
+    resumed = subprocess.run([sys.executable, "cli.py", "bench", "--resume", str(run_dir),
+                              "--quiet", "--no-report"], cwd=ROOT, env=cli_env(),
+                             capture_output=True, text=True, timeout=300, check=False)
+    assert resumed.returncode == 0, describe(resumed)
+    assert f"{len(rows)} of {len(_planned_keys())} cases already done" in resumed.stderr
+    _check_complete(run_dir)
+    finished = read_csv(run_dir / "results.csv")[1]
+    assert finished[:len(rows)] == rows  # the first part is kept as it was
+    meta = json.loads((run_dir / "meta.json").read_text(encoding="utf-8"))
+    assert meta["resumed"] and meta["end_time"]
+
+
+def test_resume_repairs_a_line_cut_short(tmp_path: Path) -> None:
+    """A power cut mid-write: the partial row and orphan samples go, the case runs again."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "cli.py", *map(str, LONG), "--out", str(out)],
+                          cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, describe(proc)
+    run_dir = only_run_dir(out)
+    results = run_dir / "results.csv"
+    lines = results.read_text(encoding="utf-8").splitlines(keepends=True)
+    results.write_text("".join(lines[:-2]) + lines[-2][:25], encoding="utf-8")  # 2 cases lost
+    with (run_dir / "samples.csv").open("a", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerow(["conv", "ghost", "none", "cpu", "float32", "fwd", "N1", 0, 1.0])
+    resumed = subprocess.run([sys.executable, "cli.py", "bench", "--resume", str(run_dir),
+                              "--quiet", "--no-report"], cwd=ROOT, env=cli_env(),
+                             capture_output=True, text=True, timeout=300, check=False)
+    assert resumed.returncode == 0, describe(resumed)
+    assert "2 cases -> " in resumed.stderr, resumed.stderr
+    _check_complete(run_dir)
