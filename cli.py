@@ -368,6 +368,201 @@ def compare_command(runs: tuple[Path, ...], basis: str, threshold: float, alpha:
     sys.exit(EXIT_FAILURES if comparison.regressions else EXIT_OK)
 
 
+@cli.command("check")
+@click.option("--baseline", type=click.Path(path_type=Path), required=True,
+              help="Baseline directory: a run plus noise.csv (write one with --save-baseline).")
+@click.option("--save-baseline", is_flag=True,
+              help="Measure the current code --repeats times (A/A) and write BASELINE.")
+@click.option("--layer", "layers", multiple=True, help="Layers to check (default: the "
+              "baseline's; with --save-baseline: all). Repeatable or comma-separated.")
+@click.option("--preset", default="quick", show_default=True, help="Sizes, for --save-baseline.")
+@click.option("--basis", default="auto", show_default=True,
+              type=click.Choice(["auto", "relative", "absolute"]),
+              help="relative: times as multiples of the same run's eager builtin (a baseline "
+                   "from another machine works); absolute: seconds (same machine only); auto: "
+                   "slower in both on the baseline's kind of machine, else relative.")
+@click.option("--threshold", default=0.10, show_default=True, type=click.FloatRange(0),
+              help="Smallest slowdown that fails, widened to 3x a case's A/A noise.")
+@click.option("--alpha", default=0.01, show_default=True, type=click.FloatRange(0, 1),
+              help="Significance level of the one-sided Mann-Whitney U test.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(2),
+              help="A/A runs that measure each case's noise, for --save-baseline.")
+@click.option("--remeasure", default=2, show_default=True, type=click.IntRange(0),
+              help="Times a case flagged slower is measured again; it fails only if every "
+                   "re-measurement is slower too.")
+@click.option("--min-time", "min_time_s", default=0.25, show_default=True, type=float,
+              help="Seconds of timing samples per case, for --save-baseline.")
+@click.option("--budget", "budget_s", default=2.0, show_default=True, type=float,
+              help="Seconds a naive-loop case may take, for --save-baseline.")
+@click.option("--trials", default=1, show_default=True, type=click.IntRange(1),
+              help="Correctness trials per case, for --save-baseline.")
+@click.option("--out", default=Path("results"), show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--impl-file", "impl_files", multiple=True, type=click.Path(path_type=Path),
+              help="Your implementations, for --save-baseline (recorded in the baseline: "
+                   "a later check loads the same files).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def check_command(baseline: Path, save_baseline: bool, layers: tuple[str, ...], preset: str,
+                  basis: str, threshold: float, alpha: float, repeats: int, remeasure: int,
+                  min_time_s: float, budget_s: float, trials: int, out: Path,
+                  impl_files: tuple[Path, ...], quiet: bool) -> None:
+    """Fail (exit 1) when the current code is slower or wrong compared with a baseline."""
+    if impl_files and not save_baseline:
+        raise InputError("--impl-file goes with --save-baseline (a check loads the files its "
+                         "baseline recorded)")
+    _load_impl_files(impl_files)
+    names = [x.name for x in REGISTRY.layers()]
+    chosen = _choose("layer", _split(layers), names, everything=tuple(names))
+    if save_baseline:
+        config = BenchConfig(layers=chosen or tuple(names), preset=_choose(
+            "preset", (preset,), PRESET_NAMES)[0], timing=TimingConfig(min_time_s=min_time_s),
+            budget_s=budget_s, trials=trials, out=out,
+            impl_files=tuple(p.resolve() for p in impl_files),
+            isolate=bool(impl_files))
+        sys.exit(_save_baseline(baseline, config, repeats, quiet))
+    sys.exit(_check(baseline, chosen, basis, threshold, alpha, remeasure, out, quiet))
+
+
+def _measure(config: BenchConfig, cases: list[Case], run_dir: Path, quiet: bool) -> Path:
+    """Run ``cases`` into a new run directory ``run_dir``, quietly; for ``check``."""
+    use_project_cache()
+    console = _console(stderr=True)
+    ceilings = {device: _ceilings(device, console) for device in config.devices}
+    meta = {"command": sys.argv, "config": dataclasses.asdict(config),
+            "machine": machine_info(list(config.devices)), "calibration": ceilings}
+    run_dir.mkdir(parents=True, exist_ok=False)
+    writer = RunWriter(run_dir, _params(config), meta)
+    console.print(f"measuring {len(cases)} cases -> {run_dir}", markup=False)
+    with ProgressBar(len(cases), console, enabled=not quiet) as bar:
+        run(config, cases, [writer, bar], ceilings=ceilings)
+    writer.close(interrupted=False)
+    return run_dir
+
+
+def _save_baseline(baseline: Path, config: BenchConfig, repeats: int, quiet: bool) -> int:
+    """``repeats`` runs of the same plan: the first is the baseline, all give its noise."""
+    from reports.check import NOISE_FILE, case_noise
+
+    if baseline.exists() and any(baseline.iterdir()) and not (baseline / NOISE_FILE).is_file():
+        raise InputError(f"--baseline {baseline}: exists and is not a baseline; not overwriting")
+    for name in ("results.csv", "samples.csv", "meta.json", NOISE_FILE):
+        (baseline / name).unlink(missing_ok=True)
+    cases = _plan(config)
+    aa_dir = new_run_dir(config.out, "baseline-aa")
+    runs = [_measure(config, cases, baseline if i == 0 else aa_dir / f"repeat-{i + 1}", quiet)
+            for i in range(repeats)]
+    noise = case_noise(runs)
+    noise.to_csv(baseline / NOISE_FILE, index=False)
+    frame, _ = load_run(baseline)
+    click.echo(f"baseline: {baseline} ({len(frame)} cases; A/A runs in {aa_dir})")
+    _print_noise(noise)
+    failed = frame["status"].isin(["incorrect", "error"]).any()
+    return EXIT_FAILURES if failed else EXIT_OK
+
+
+def _check(baseline: Path, layers: tuple[str, ...], basis: str, threshold: float, alpha: float,
+           remeasure: int, out: Path, quiet: bool) -> int:
+    """Measure the baseline's cases now; compare; re-measure flags; write the verdict."""
+    from reports.check import (
+        combine,
+        confirm,
+        flagged,
+        load_noise,
+        restrict,
+        same_machine_kind,
+        summary_line,
+    )
+    from reports.compare import compare_runs
+    from reports.compare_report import write_comparison
+
+    try:
+        load_noise(baseline, "relative")
+        _, meta = load_run(baseline)
+        config = config_from_dict(meta["config"])
+    except (RunDataError, ValueError, KeyError) as exc:
+        raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None
+    _load_impl_files(config.impl_files)
+    if unknown := [name for name in layers if name not in config.layers]:
+        raise InputError(f"--layer {', '.join(unknown)}: not in the baseline "
+                         f"({', '.join(config.layers)})")
+    config = dataclasses.replace(config, layers=layers or config.layers, out=out)
+    cases = _plan(config)
+    check_dir = new_run_dir(out, "check")
+    current = _measure(config, cases, check_dir / "current", quiet)
+
+    _, now = load_run(current)
+    both = basis == "auto" and same_machine_kind(meta, now)
+    bases = ("relative", "absolute") if both else ("relative" if basis == "auto" else basis,)
+
+    def compare(run_dir: Path) -> Any:
+        try:
+            found = [restrict(compare_runs([baseline, run_dir], b, threshold, alpha,
+                                           load_noise(baseline, b)), config.layers)
+                     for b in bases]
+        except RunDataError as exc:
+            raise InputError(str(exc)) from None
+        return combine(*found) if both else found[0]
+
+    comparison = compare(current)
+    suspects = set(flagged(comparison))
+    again = []
+    if suspects and remeasure:
+        wanted = {c for c in cases if c.key in suspects} | {c.baseline for c in cases
+                                                             if c.key in suspects}
+        subset = [c for c in cases if c in wanted]
+        for i in range(remeasure):
+            again.append(compare(_measure(config, subset, check_dir / f"remeasure-{i + 1}",
+                                          quiet)))
+    verdict = confirm(comparison, again)
+    paths = write_comparison(verdict, check_dir)
+    line = summary_line(verdict)
+    summary = f"## layerbench check: {line}\n\n" + paths[1].read_text(encoding="utf-8")
+    (check_dir / "check.md").write_text(summary, encoding="utf-8")
+    if step_summary := os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(step_summary, "a", encoding="utf-8") as f:
+            f.write(summary.replace("](compare.png)", f"]({check_dir / 'compare.png'})") + "\n")
+    console = _console()
+    for _, r in verdict.frame[verdict.frame["regression"]].iterrows():
+        console.print(f"REGRESSION {r['layer']}/{r['impl']}+{r['compile']} {r['device']} "
+                      f"{r['dtype']} {r['mode']} {r['case']}: {r['verdict']} (x{r['ratio']:.3g})"
+                      f" {r['note']}", markup=False)
+    console.print(line, markup=False)
+    console.print(f"details: {check_dir / 'check.md'}", markup=False)
+    return EXIT_FAILURES if verdict.regressions else EXIT_OK
+
+
+@cli.command("noise")
+@click.option("--baseline", type=click.Path(path_type=Path), required=True,
+              help="The baseline whose noise.csv is rebuilt.")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+def noise_command(baseline: Path, runs: tuple[Path, ...]) -> None:
+    """Re-estimate BASELINE's per-case noise from its run and more A/A RUNS of the same code.
+
+    RUNS are run directories of the baseline's cases (e.g. the `current` runs of earlier checks
+    of unchanged code, or runs made at other times of day): the more and the more spread out,
+    the better the noise covers the states a case moves between.
+    """
+    from reports.check import NOISE_FILE, case_noise
+
+    try:
+        load_run(baseline)
+        for run_dir in runs:
+            load_run(run_dir)
+        noise = case_noise([baseline, *runs])
+    except RunDataError as exc:
+        raise InputError(str(exc)) from None
+    noise.to_csv(baseline / NOISE_FILE, index=False)
+    click.echo(f"{baseline / NOISE_FILE}: {len(noise)} cases from {len(runs) + 1} runs")
+    _print_noise(noise)
+
+
+def _print_noise(noise: Any) -> None:
+    for column in ("noise_abs", "noise_rel"):
+        q = noise[column].quantile([0.5, 0.9, 1.0])
+        click.echo(f"  run-to-run noise ({column}): median {q[0.5]:.1%}, 90th percentile "
+                   f"{q[0.9]:.1%}, max {q[1.0]:.1%}")
+
+
 @cli.command("calibrate")
 @click.option("--device", "devices", multiple=True, default=("cpu",), show_default=True,
               help="cpu, cuda, cuda:N, mps or all (repeatable, or comma-separated).")

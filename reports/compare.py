@@ -15,6 +15,7 @@ The first run is the baseline A; every later run B is compared with it. Two base
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,13 @@ class Comparison:
 
 
 def compare_runs(run_dirs: list[Path], basis: str = "auto", threshold: float = 0.10,
-                 alpha: float = 0.01) -> Comparison:
-    """Compare ``run_dirs[1:]`` with ``run_dirs[0]``; ``RunDataError`` on unusable input."""
+                 alpha: float = 0.01,
+                 noise: Mapping[tuple[str, ...], float] | None = None) -> Comparison:
+    """Compare ``run_dirs[1:]`` with ``run_dirs[0]``; ``RunDataError`` on unusable input.
+
+    ``noise`` (case key -> relative run-to-run noise, e.g. measured A/A for a baseline) raises
+    a case's noise estimate above what its own samples show.
+    """
     if len(run_dirs) < 2:
         raise RunDataError(f"compare needs at least two run directories, got {len(run_dirs)}")
     if basis not in BASES:
@@ -90,7 +96,7 @@ def compare_runs(run_dirs: list[Path], basis: str = "auto", threshold: float = 0
     rows, notes = [], []
     base = runs[0]
     for other in runs[1:]:
-        pair = _compare_pair(base, other, keys, basis, threshold, alpha)
+        pair = _compare_pair(base, other, keys, basis, threshold, alpha, noise or {})
         if basis == "relative":
             if not any(math.isfinite(r.get("ratio", math.nan)) for r in pair) and any(
                     r["note"].startswith("not compared") for r in pair):
@@ -163,13 +169,14 @@ def _index(run: Run, keys: list[str], basis: str) -> dict[tuple[str, ...], dict[
 
 
 def _compare_pair(a: Run, b: Run, keys: list[str], basis: str, threshold: float,
-                  alpha: float) -> list[dict[str, Any]]:
+                  alpha: float, noise: Mapping[tuple[str, ...], float]) -> list[dict[str, Any]]:
     rows_a, rows_b = _index(a, keys, basis), _index(b, keys, basis)
     if not rows_a.keys() & rows_b.keys():
         raise RunDataError(_nothing_in_common(a, b, basis))
     refs = (_references(a), _references(b)) if basis == "relative" else None
     order = list(rows_a) + [k for k in rows_b if k not in rows_a]
-    return [_case(rows_a.get(k), rows_b.get(k), a, b, refs, threshold, alpha) for k in order]
+    return [_case(rows_a.get(k), rows_b.get(k), a, b, refs, threshold, alpha, noise)
+            for k in order]
 
 
 def _nothing_in_common(a: Run, b: Run, basis: str) -> str:
@@ -212,7 +219,8 @@ def _text(value: Any) -> bool:
 
 
 def _case(ra: dict[str, Any] | None, rb: dict[str, Any] | None, a: Run, b: Run,
-          refs: tuple[dict, dict] | None, threshold: float, alpha: float) -> dict[str, Any]:
+          refs: tuple[dict, dict] | None, threshold: float, alpha: float,
+          noise: Mapping[tuple[str, ...], float]) -> dict[str, Any]:
     either = ra if ra is not None else rb
     row: dict[str, Any] = {c: either[c] for c in KEY_COLUMNS}
     if ra is not None and rb is not None and ra["device"] != rb["device"]:
@@ -230,7 +238,8 @@ def _case(ra: dict[str, Any] | None, rb: dict[str, Any] | None, a: Run, b: Run,
     vb, why_b = _values(b, rb, refs[1] if refs else None)
     verdict, note = "same", ""
     if va is not None and vb is not None:
-        verdict, note = _timing(row, va, vb, threshold, alpha)
+        floor = noise.get(tuple(ra[c] for c in KEY_COLUMNS), 0.0)
+        verdict, note = _timing(row, va, vb, threshold, alpha, floor)
         if refs:
             row["rel_a"], row["rel_b"] = float(np.median(va)), float(np.median(vb))
     elif sa in MEASURED and sb in MEASURED:  # timed, but no builtin to divide by
@@ -252,11 +261,11 @@ def _case(ra: dict[str, Any] | None, rb: dict[str, Any] | None, a: Run, b: Run,
 
 
 def _timing(row: dict[str, Any], va: np.ndarray, vb: np.ndarray, threshold: float,
-            alpha: float) -> tuple[str, str]:
+            alpha: float, noise_floor: float = 0.0) -> tuple[str, str]:
     """Fill the statistics of ``row`` from the two samples; return (verdict, note)."""
     ratio = float(np.median(vb) / np.median(va))
     p_slower, p_faster = mann_whitney_greater(va, vb), mann_whitney_greater(vb, va)
-    noise = max(relative_noise(va), relative_noise(vb))
+    noise = max(relative_noise(va), relative_noise(vb), noise_floor)
     row["ci_lo"], row["ci_hi"] = ratio_ci(va, vb)
     row.update(ratio=ratio, p_value=p_slower if ratio >= 1 else p_faster, noise=noise,
                threshold_used=effect_threshold(noise, threshold))

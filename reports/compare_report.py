@@ -66,8 +66,10 @@ def _machines(c: Comparison) -> str:
 
 def _summary(c: Comparison) -> list[str]:
     runs = ", ".join(f"`{r.label}`" for r in c.runs[1:])
-    basis = ("relative: each time divided by the same run's eager builtin"
-             if c.basis == "relative" else "absolute (seconds)")
+    basis = {"relative": "relative: each time divided by the same run's eager builtin",
+             "absolute": "absolute (seconds)",
+             "relative and absolute": "relative to the builtin, and in seconds: slower only "
+                                      "where both agree"}.get(c.basis, c.basis)
     result = (f"**{c.regressions} regression(s).**" if c.regressions else "**No regression.**")
     return [f"Baseline A: `{c.runs[0].label}`; compared with it: {runs}. Basis: {basis}.",
             f"A case is slower/faster when its median moves by more than max({c.threshold:.0%}, "

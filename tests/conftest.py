@@ -16,6 +16,17 @@ from tests._cli import ROOT, TEST_CACHE, TEST_CEILINGS
 os.environ.setdefault("MPLCONFIGDIR", str(ROOT / ".cache" / "matplotlib"))
 
 
+PERF = Path(__file__).resolve().parent / "perf"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Leave tests/perf (pytest-benchmark timings) out unless the command line names it."""
+    if collection_path != PERF:
+        return None
+    named = (Path(arg.split("::")[0]).resolve() for arg in config.args)
+    return None if any(p == PERF or PERF in p.parents for p in named) else True
+
+
 @pytest.fixture(scope="session", autouse=True)
 def seeded_ceilings() -> Iterator[Path]:
     """Fixed CPU ceilings in the tests' cache directory (the CLI subprocesses read them)."""

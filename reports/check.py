@@ -1,0 +1,159 @@
+"""The regression gate's data: a baseline's run-to-run noise, and re-measured verdicts.
+
+A baseline is a run directory (``results.csv``, ``samples.csv``, ``meta.json``) plus
+``noise.csv``: for every case, how much its median moved between repeated runs of unchanged code
+(A/A), as the standard deviation of the log medians, in seconds and relative to the same run's
+eager builtin. ``check`` widens each case's threshold to 3x that noise, and a case flagged slower
+must be slower again in every re-measurement, or it is reported ``suspicious``, not failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from reports.compare import Comparison
+from reports.schema import KEY_COLUMNS, RunDataError, load_run
+
+NOISE_FILE = "noise.csv"
+NOISE_COLUMNS = [*KEY_COLUMNS, "repeats", "noise_abs", "noise_rel"]
+REF_KEY = ["layer", "device", "dtype", "mode", "case"]
+
+
+def case_noise(run_dirs: list[Path]) -> pd.DataFrame:
+    """Run-to-run noise of every case timed in all of ``run_dirs`` (repeats of one plan).
+
+    ``noise_abs``: standard deviation of log(median seconds) across the runs (0.05 = about 5 %);
+    ``noise_rel``: the same for the median divided by the run's eager builtin.
+    """
+    medians = []
+    for i, run_dir in enumerate(run_dirs):
+        results, _ = load_run(run_dir)
+        timed = results[results["status"].isin(["ok", "incorrect"]) & (results["median_ms"] > 0)]
+        builtin = timed[(timed["impl"] == "builtin") & (timed["compile"] == "none")]
+        ref = builtin.set_index(REF_KEY)["median_ms"].rename("builtin_ms")
+        timed = timed.join(ref, on=REF_KEY)
+        medians.append(timed.assign(repeat=i, rel=timed["median_ms"] / timed["builtin_ms"]))
+    frame = pd.concat(medians)
+    rows = []
+    for key, group in frame.groupby(list(KEY_COLUMNS), sort=False):
+        if len(group) < 2:
+            continue
+        rows.append({**dict(zip(KEY_COLUMNS, key, strict=True)), "repeats": len(group),
+                     "noise_abs": _log_std(group["median_ms"]),
+                     "noise_rel": _log_std(group["rel"])})
+    return pd.DataFrame(rows, columns=NOISE_COLUMNS)
+
+
+def _log_std(values: pd.Series) -> float:
+    x = np.log(values.dropna().to_numpy(float))
+    return float(np.std(x, ddof=1)) if len(x) >= 2 else float("nan")
+
+
+def load_noise(baseline: Path, basis: str) -> dict[tuple[str, ...], float]:
+    """Case key -> noise of the baseline for ``basis`` (``absolute`` or ``relative``)."""
+    path = baseline / NOISE_FILE
+    if not path.is_file():
+        raise RunDataError(f"{baseline}: not a baseline (no {NOISE_FILE}; write one with "
+                           "`python cli.py check --save-baseline --baseline DIR`)")
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={
+            c: str for c in KEY_COLUMNS})
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
+        raise RunDataError(f"{path}: unreadable ({exc})") from None
+    if missing := [c for c in NOISE_COLUMNS if c not in frame.columns]:
+        raise RunDataError(f"{path}: missing column(s) {', '.join(missing)}")
+    column = "noise_rel" if basis == "relative" else "noise_abs"
+    return {tuple(row[list(KEY_COLUMNS)]): float(row[column])
+            for _, row in frame.iterrows() if np.isfinite(row[column])}
+
+
+def restrict(comparison: Comparison, layers: tuple[str, ...]) -> Comparison:
+    """Only the cases of ``layers`` (a check of some layers against a baseline of all)."""
+    frame = comparison.frame[comparison.frame["layer"].isin(layers)]
+    geomeans = comparison.geomeans[comparison.geomeans["layer"].isin(layers)]
+    return replace(comparison, frame=frame, geomeans=geomeans,
+                   regressions=int(frame["regression"].sum()))
+
+
+def same_machine_kind(meta_a: dict, meta_b: dict) -> bool:
+    """Whether two runs' absolute times are comparable: same CPU, cores, threads, GPUs and
+    torch (the host name may differ: CI runners of one kind)."""
+    def kind(meta: dict) -> tuple:
+        m = meta.get("machine") or {}
+        return (m.get("cpu_model"), m.get("cpu_count"), m.get("threads"), m.get("torch"),
+                tuple(g.get("name") for g in m.get("gpus") or []))
+    return kind(meta_a) == kind(meta_b)
+
+
+def combine(relative: Comparison, absolute: Comparison) -> Comparison:
+    """Slower only where both bases agree: relative to the builtin **and** in seconds.
+
+    On one kind of machine this is the robust rule: a machine-wide slowdown moves every time in
+    seconds but not relative to the builtin, and a builtin that alone got faster or slower moves
+    every other implementation relative to it but not in seconds; neither is a regression of the
+    implementation. Rows are those of ``relative`` (the builtin itself is the unit there).
+    """
+    frame = relative.frame.copy()
+    seconds_rows = {tuple(str(r[c]) for c in KEY_COLUMNS): r
+                    for r in absolute.frame.to_dict("records")}
+    keys = frame[list(KEY_COLUMNS)].astype(str).apply(tuple, axis=1)
+    for index in frame.index[frame["verdict"] == "slower"]:
+        other = seconds_rows.get(keys[index])
+        if other is not None and other["verdict"] == "slower":
+            frame.loc[index, "note"] = f"x{other['ratio']:.3g} in seconds too"
+            continue
+        seconds = f"x{other['ratio']:.3g}" if other is not None else "not measured"
+        frame.loc[index, ["verdict", "regression"]] = ["suspicious", False]
+        frame.loc[index, "note"] = (f"slower relative to the builtin but not in seconds "
+                                    f"({seconds}, threshold x{1 + other['threshold_used']:.3g})"
+                                    if other is not None else f"seconds: {seconds}")
+    frame["regression"] = frame["regression"].astype(bool)
+    return replace(relative, frame=frame, basis="relative and absolute",
+                   regressions=int(frame["regression"].sum()))
+
+
+def flagged(comparison: Comparison) -> list[tuple[str, ...]]:
+    """Case keys (with device) the comparison found slower."""
+    rows = comparison.frame[comparison.frame["verdict"] == "slower"]
+    return [tuple(r) for r in rows[list(KEY_COLUMNS)].astype(str).itertuples(index=False)]
+
+
+def confirm(comparison: Comparison, again: list[Comparison]) -> Comparison:
+    """Keep ``slower`` only for cases found slower in every re-measurement in ``again``.
+
+    A flag that does not reproduce becomes ``suspicious`` (reported, not a failure), with the
+    re-measured ratios in its note. Correctness regressions are not touched: they always fail.
+    """
+    frame = comparison.frame.copy()
+    keys = frame[list(KEY_COLUMNS)].astype(str).apply(tuple, axis=1)
+    for index in frame.index[frame["verdict"] == "slower"]:
+        key = keys[index]
+        ratios, verdicts = [], []
+        for other in again:
+            match = other.frame[other.frame[list(KEY_COLUMNS)].astype(str).apply(tuple, axis=1)
+                                == key]
+            verdicts.append(match["verdict"].iloc[0] if len(match) else "missing")
+            ratios.append(float(match["ratio"].iloc[0]) if len(match) else float("nan"))
+        seen = ", ".join(f"x{r:.3g}" for r in ratios)
+        if again and all(v == "slower" for v in verdicts):
+            frame.loc[index, "note"] = f"confirmed by {len(again)} re-measurement(s): {seen}"
+        else:
+            frame.loc[index, ["verdict", "regression"]] = ["suspicious", False]
+            frame.loc[index, "note"] = (f"did not reproduce in re-measurement(s): {seen}"
+                                        if again else "not re-measured")
+    return replace(comparison, frame=frame, regressions=int(frame["regression"].sum()))
+
+
+def summary_line(comparison: Comparison) -> str:
+    """``PASS: 152 cases, 0 regressions (3 suspicious)`` or ``FAIL: ...``."""
+    counts: Mapping[str, int] = comparison.frame["verdict"].value_counts().to_dict()
+    detail = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+    word = "FAIL" if comparison.regressions else "PASS"
+    return (f"{word}: {len(comparison.frame)} cases compared with the baseline, "
+            f"{comparison.regressions} regression(s) ({detail})")

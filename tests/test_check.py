@@ -1,0 +1,215 @@
+"""The regression gate: baseline noise, re-measured verdicts, and ``check`` end to end."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reports.check import (
+    case_noise,
+    combine,
+    confirm,
+    load_noise,
+    restrict,
+    same_machine_kind,
+)
+from reports.compare import compare_runs
+from reports.schema import RunDataError, load_run
+from tests._cli import Jobs, describe, one_line_error, run_cli
+from tests._runs import FakeCase, fake_run, noisy
+
+# --- noise and verdicts on fabricated runs ---------------------------------------------------
+
+
+def test_case_noise_is_the_spread_of_log_medians(tmp_path: Path) -> None:
+    im2col_ms = [2.0, 2.2, 1.8]
+    runs = [fake_run(tmp_path / f"r{i}", [FakeCase("builtin", seconds=[1e-3] * 5),
+                                          FakeCase("im2col", seconds=[ms * 1e-3] * 5)])
+            for i, ms in enumerate(im2col_ms)]
+    noise = case_noise(runs).set_index("impl")
+    expected = float(np.std(np.log(im2col_ms), ddof=1))
+    assert noise.loc["im2col", "noise_abs"] == pytest.approx(expected)
+    assert noise.loc["im2col", "noise_rel"] == pytest.approx(expected)  # builtin constant
+    assert noise.loc["builtin", "noise_rel"] == 0.0
+    assert (noise["repeats"] == 3).all()
+
+
+def test_a_directory_without_noise_is_not_a_baseline(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run", [FakeCase("builtin", seconds=[1e-3] * 5)])
+    with pytest.raises(RunDataError, match="not a baseline"):
+        load_noise(run, "relative")
+
+
+def _pair(tmp_path: Path, name: str, slow: float) -> Path:
+    return fake_run(tmp_path / name, [
+        FakeCase("builtin", seconds=noisy(1e-3, n=40, seed=len(name))),
+        FakeCase("im2col", seconds=noisy(2e-3 * slow, n=40, seed=len(name) + 1)),
+        FakeCase("builtin", layer="pool", seconds=noisy(1e-3, n=40, seed=9))])
+
+
+def test_a_flag_that_reproduces_stays_a_regression(tmp_path: Path) -> None:
+    base = _pair(tmp_path, "base", 1.0)
+    first = compare_runs([base, _pair(tmp_path, "slow", 2.0)], "absolute")
+    assert first.regressions == 1
+    again = [compare_runs([base, _pair(tmp_path, f"again{i}", 2.0)], "absolute")
+             for i in range(2)]
+    kept = confirm(first, again)
+    row = kept.frame.set_index("impl").loc["im2col"]
+    assert row["verdict"] == "slower" and kept.regressions == 1
+    assert "confirmed by 2" in row["note"]
+
+
+def test_a_flag_that_does_not_reproduce_is_suspicious(tmp_path: Path) -> None:
+    base = _pair(tmp_path, "base", 1.0)
+    first = compare_runs([base, _pair(tmp_path, "slow", 2.0)], "absolute")
+    again = [compare_runs([base, _pair(tmp_path, "fine", 1.0)], "absolute")]
+    kept = confirm(first, again)
+    row = kept.frame.set_index("impl").loc["im2col"]
+    assert row["verdict"] == "suspicious" and not row["regression"]
+    assert kept.regressions == 0
+    assert "did not reproduce" in row["note"]
+
+
+def test_measured_noise_widens_the_threshold(tmp_path: Path) -> None:
+    base = _pair(tmp_path, "base", 1.0)
+    slow = _pair(tmp_path, "slow", 1.3)
+    key = ("conv", "im2col", "none", "cpu", "float32", "fwd", "N1")
+    assert compare_runs([base, slow], "absolute").regressions == 1
+    quiet = compare_runs([base, slow], "absolute", noise={key: 0.15})  # bar: 1 + 3 x 0.15
+    assert quiet.regressions == 0
+    assert quiet.frame.set_index("impl").loc["im2col", "threshold_used"] == pytest.approx(0.45)
+
+
+def test_slower_needs_both_bases_on_one_kind_of_machine(tmp_path: Path) -> None:
+    """A builtin that alone got faster makes the others look slower relative to it only."""
+    base = fake_run(tmp_path / "base", [FakeCase("builtin", seconds=noisy(1e-3, n=40)),
+                                        FakeCase("im2col", seconds=noisy(2e-3, n=40, seed=1))])
+    quick_builtin = fake_run(tmp_path / "b", [
+        FakeCase("builtin", seconds=noisy(0.6e-3, n=40, seed=2)),
+        FakeCase("im2col", seconds=noisy(2e-3, n=40, seed=3))])
+    really_slower = fake_run(tmp_path / "c", [
+        FakeCase("builtin", seconds=noisy(1e-3, n=40, seed=4)),
+        FakeCase("im2col", seconds=noisy(3e-3, n=40, seed=5))])
+    for run, expected in ((quick_builtin, "suspicious"), (really_slower, "slower")):
+        both = combine(compare_runs([base, run], "relative"),
+                       compare_runs([base, run], "absolute"))
+        row = both.frame.set_index("impl").loc["im2col"]
+        assert row["verdict"] == expected, row["note"]
+        assert both.regressions == (expected == "slower")
+    assert same_machine_kind(load_run(base)[1], load_run(quick_builtin)[1])
+
+
+def test_restrict_keeps_the_checked_layers(tmp_path: Path) -> None:
+    base = _pair(tmp_path, "base", 1.0)
+    c = restrict(compare_runs([base, _pair(tmp_path, "slow", 2.0)], "absolute"), ("pool",))
+    assert set(c.frame["layer"]) == {"pool"} and c.regressions == 0
+
+
+# --- check from the command line --------------------------------------------------------------
+
+POOL_IMPL = '''
+import torch.nn.functional as F
+from impls import register_impl
+
+@register_impl("pool", "mine")
+def max_pool2d_mine(x, k):
+    return {body}
+'''
+GOOD, WRONG = "F.max_pool2d(x, k)", "F.avg_pool2d(x, k)"
+SAVE = ("--layer", "pool", "--repeats", "2", "--min-time", "0.05", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def checks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
+    root = tmp_path_factory.mktemp("check")
+    mine = root / "mine.py"
+    mine.write_text(POOL_IMPL.format(body=GOOD), encoding="utf-8")
+    baseline = root / "baseline"
+    saved = run_cli("check", "--save-baseline", "--baseline", baseline, "--impl-file", mine,
+                    *SAVE, "--out", root / "aa")
+    assert saved.returncode == 0, describe(saved)
+    faster = root / "doctored"  # the baseline as if unfold had been 10x faster, and steady
+    shutil.copytree(baseline, faster)
+    for name, columns, scale in (("samples.csv", ["seconds"], 0.1),
+                                 ("results.csv", ["median_ms"], 0.1),
+                                 ("noise.csv", ["noise_abs", "noise_rel"], 0.0)):
+        frame = pd.read_csv(faster / name, keep_default_na=False, na_values=[""])
+        frame.loc[frame["impl"] == "unfold", columns] *= scale
+        frame.to_csv(faster / name, index=False)
+    summary = root / "step-summary.md"
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        jobs = Jobs(root / "jobs", pool)
+        jobs.add("a-a", "check", "--baseline", baseline, "--threshold", "1.0", "--quiet",
+                 "--out", "{out}", env={"GITHUB_STEP_SUMMARY": str(summary)})
+        jobs.add("slower", "check", "--baseline", faster, "--quiet", "--out", "{out}")
+        jobs.add("missing", "check", "--baseline", root / "nothing", "--out", "{out}")
+        jobs.add("other-layer", "check", "--baseline", baseline, "--layer", "conv",
+                 "--out", "{out}")
+        jobs.add("impl-file-alone", "check", "--baseline", baseline, "--impl-file", mine,
+                 "--out", "{out}")
+        jobs["a-a"].proc  # noqa: B018 - wait: the next check loads a changed file
+        jobs["slower"].proc  # noqa: B018
+        mine.write_text(POOL_IMPL.format(body=WRONG), encoding="utf-8")
+        jobs.add("wrong", "check", "--baseline", baseline, "--threshold", "1.0", "--quiet",
+                 "--out", "{out}")
+        jobs.summary = summary  # type: ignore[attr-defined]
+        yield jobs
+
+
+def test_unchanged_code_passes_its_own_baseline(checks: Jobs) -> None:
+    proc = checks["a-a"].proc
+    assert proc.returncode == 0, describe(proc)
+    assert "PASS" in proc.stdout
+    check_dir = next(checks["a-a"].out.iterdir())
+    for name in ("check.md", "compare.csv", "compare.html", "compare.png"):
+        assert (check_dir / name).stat().st_size > 0
+    summary = checks.summary.read_text(encoding="utf-8")  # type: ignore[attr-defined]
+    assert "## layerbench check: PASS" in summary
+
+
+def test_a_slower_implementation_fails_after_re_measurement(checks: Jobs) -> None:
+    proc = checks["slower"].proc
+    assert proc.returncode == 1, describe(proc)
+    flagged = [line for line in proc.stdout.splitlines() if line.startswith("REGRESSION")]
+    assert flagged and all("pool/unfold" in line for line in flagged), proc.stdout
+    assert all("confirmed by 2 re-measurement(s)" in line for line in flagged)
+    check_dir = next(checks["slower"].out.iterdir())
+    assert (check_dir / "remeasure-2" / "results.csv").is_file()
+    frame = pd.read_csv(check_dir / "compare.csv")
+    ratios = frame.loc[frame["verdict"] == "slower", "ratio"]
+    assert not ratios.empty and all(r > 3.0 for r in ratios)
+
+
+def test_a_result_that_became_wrong_always_fails(checks: Jobs) -> None:
+    proc = checks["wrong"].proc
+    assert proc.returncode == 1, describe(proc)
+    assert "pool/mine" in proc.stdout and "correctness changed" in proc.stdout
+
+
+@pytest.mark.parametrize(("name", "words"), [("missing", "not a baseline"),
+                                             ("other-layer", "not in the baseline"),
+                                             ("impl-file-alone", "--save-baseline")])
+def test_bad_check_input_exits_2(checks: Jobs, name: str, words: str) -> None:
+    assert words in one_line_error(checks[name].proc)
+
+
+def test_noise_pools_more_a_a_runs_into_a_baseline(tmp_path: Path) -> None:
+    medians = [1.0, 1.5, 1.0, 1.5]  # a case that moves between two states
+    runs = [fake_run(tmp_path / f"r{i}", [FakeCase("builtin", seconds=[1e-3] * 5),
+                                          FakeCase("loops", seconds=[ms * 1e-2] * 5)])
+            for i, ms in enumerate(medians)]
+    (runs[0] / "noise.csv").write_text("stale", encoding="utf-8")
+    proc = run_cli("noise", "--baseline", runs[0], *runs[1:])
+    assert proc.returncode == 0, describe(proc)
+    assert "from 4 runs" in proc.stdout
+    noise = load_noise(runs[0], "absolute")
+    key = ("conv", "loops", "none", "cpu", "float32", "fwd", "N1")
+    assert noise[key] == pytest.approx(float(np.std(np.log(medians), ddof=1)))
+    assert "not a run directory" in one_line_error(run_cli("noise", "--baseline", runs[0],
+                                                           tmp_path / "nothing"))
