@@ -396,6 +396,9 @@ def compare_command(runs: tuple[Path, ...], basis: str, threshold: float, alpha:
               help="Seconds a naive-loop case may take, for --save-baseline.")
 @click.option("--trials", default=1, show_default=True, type=click.IntRange(1),
               help="Correctness trials per case, for --save-baseline.")
+@click.option("--threads", default=0, type=click.IntRange(0),
+              help="CPU threads, for --save-baseline (default: torch's); a check uses the "
+                   "baseline's.")
 @click.option("--out", default=Path("results"), show_default=True,
               type=click.Path(path_type=Path))
 @click.option("--impl-file", "impl_files", multiple=True, type=click.Path(path_type=Path),
@@ -404,7 +407,7 @@ def compare_command(runs: tuple[Path, ...], basis: str, threshold: float, alpha:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def check_command(baseline: Path, save_baseline: bool, layers: tuple[str, ...], preset: str,
                   basis: str, threshold: float, alpha: float, repeats: int, remeasure: int,
-                  min_time_s: float, budget_s: float, trials: int, out: Path,
+                  min_time_s: float, budget_s: float, trials: int, threads: int, out: Path,
                   impl_files: tuple[Path, ...], quiet: bool) -> None:
     """Fail (exit 1) when the current code is slower or wrong compared with a baseline."""
     if impl_files and not save_baseline:
@@ -416,7 +419,7 @@ def check_command(baseline: Path, save_baseline: bool, layers: tuple[str, ...], 
     if save_baseline:
         config = BenchConfig(layers=chosen or tuple(names), preset=_choose(
             "preset", (preset,), PRESET_NAMES)[0], timing=TimingConfig(min_time_s=min_time_s),
-            budget_s=budget_s, trials=trials, out=out,
+            budget_s=budget_s, trials=trials, threads=threads, out=out,
             impl_files=tuple(p.resolve() for p in impl_files),
             isolate=bool(impl_files))
         sys.exit(_save_baseline(baseline, config, repeats, quiet))
@@ -425,6 +428,8 @@ def check_command(baseline: Path, save_baseline: bool, layers: tuple[str, ...], 
 
 def _measure(config: BenchConfig, cases: list[Case], run_dir: Path, quiet: bool) -> Path:
     """Run ``cases`` into a new run directory ``run_dir``, quietly; for ``check``."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
     use_project_cache()
     console = _console(stderr=True)
     ceilings = {device: _ceilings(device, console) for device in config.devices}
