@@ -209,11 +209,7 @@ def bench_command(layer: str | None, devices: tuple[str, ...], dtypes: tuple[str
     except OSError as exc:
         raise InputError(f"--out {config.out}: cannot create the run directory "
                          f"({exc.strerror or exc})") from None
-    console = _console(stderr=True)
-    ceilings = {device: _ceilings(device, console) for device in config.devices}
-    meta = {"command": sys.argv, "config": dataclasses.asdict(config),
-            "machine": machine_info(list(config.devices)), "calibration": ceilings}
-    writer = RunWriter(run_dir, _params(config), meta)
+    writer, ceilings = _open_writer(config, run_dir, _console(stderr=True))
     sys.exit(_run_bench(config, cases, writer, quiet, report=not no_report, ceilings=ceilings))
 
 
@@ -253,7 +249,7 @@ def _resume_bench(run_dir: Path, quiet: bool, report: bool) -> int:
         torch.set_num_threads(config.threads)
     console = _console(stderr=True)
     console.print(f"resuming {run_dir}: {len(rows)} of {len(cases)} cases already done")
-    ceilings = {device: _ceilings(device, console) for device in config.devices}
+    ceilings = _all_ceilings(config, console)
     writer = RunWriter(run_dir, _params(config), {**meta, "calibration": ceilings},
                        resumed=True)
     return _run_bench(config, todo, writer, quiet, report, ceilings, baselines)
@@ -289,6 +285,19 @@ def _run_bench(config: BenchConfig, cases: list[Case], writer: RunWriter, quiet:
         _report(run_dir, out)
     failed = frame["status"].isin(["incorrect", "error"]).any()
     return EXIT_FAILURES if failed else EXIT_OK
+
+
+def _open_writer(config: BenchConfig, run_dir: Path,
+                 console: Console) -> tuple[RunWriter, dict[str, Any]]:
+    """The writer of a new run in ``run_dir`` (meta.json written), and the devices' ceilings."""
+    ceilings = _all_ceilings(config, console)
+    meta = {"command": sys.argv, "config": dataclasses.asdict(config),
+            "machine": machine_info(list(config.devices)), "calibration": ceilings}
+    return RunWriter(run_dir, _params(config), meta), ceilings
+
+
+def _all_ceilings(config: BenchConfig, console: Console) -> dict[str, Any]:
+    return {device: _ceilings(device, console) for device in config.devices}
 
 
 def _ceilings(device: str, console: Console) -> dict[str, object]:
@@ -432,11 +441,8 @@ def _measure(config: BenchConfig, cases: list[Case], run_dir: Path, quiet: bool)
         torch.set_num_threads(config.threads)
     use_project_cache()
     console = _console(stderr=True)
-    ceilings = {device: _ceilings(device, console) for device in config.devices}
-    meta = {"command": sys.argv, "config": dataclasses.asdict(config),
-            "machine": machine_info(list(config.devices)), "calibration": ceilings}
     run_dir.mkdir(parents=True, exist_ok=False)
-    writer = RunWriter(run_dir, _params(config), meta)
+    writer, ceilings = _open_writer(config, run_dir, console)
     console.print(f"measuring {len(cases)} cases -> {run_dir}", markup=False)
     with ProgressBar(len(cases), console, enabled=not quiet) as bar:
         run(config, cases, [writer, bar], ceilings=ceilings)

@@ -13,7 +13,7 @@ from reports import html
 from reports.compare import GEOMEAN_COLUMNS, Comparison
 from reports.markdown import md_table
 from reports.meta import environment_rows
-from reports.style import VERDICT_COLORS, variant
+from reports.style import VERDICT_COLORS, variant, variants
 
 FIGURE_ROWS = 80  # cases drawn at most; the most changed ones when there are more
 TABLE_ROWS = 30  # rows per Markdown section; compare.csv has them all
@@ -103,8 +103,7 @@ def _sections(c: Comparison, limit: int | None = TABLE_ROWS) -> list[tuple[str, 
 
 def _view(c: Comparison, rows: pd.DataFrame) -> pd.DataFrame:
     """The columns a reader needs, ``variant`` instead of impl + compile."""
-    view = rows.assign(variant=[variant(i, m) for i, m in zip(rows["impl"], rows["compile"],
-                                                              strict=True)])
+    view = rows.assign(variant=variants(rows))
     columns = ["run_b"] if len(c.runs) > 2 else []
     columns += ["layer", "variant", "device", "dtype", "mode", "case", "status_a", "status_b",
                 "median_a_ms", "median_b_ms"]

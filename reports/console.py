@@ -17,7 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from reports.style import variant
+from reports.style import variant, variants
 from suites.timing import format_seconds
 
 if TYPE_CHECKING:
@@ -75,21 +75,20 @@ def summary_tables(results: pd.DataFrame) -> list[Table]:
     Each cell: median time, speedup vs the eager builtin (x2 = twice as fast), correctness.
     """
     tables = []
-    results = results.assign(variant=[variant(i, c) for i, c in zip(
-        results["impl"], results["compile"], strict=True)])
+    results = results.assign(variant=variants(results))
     for (layer, device, dtype, mode), group in results.groupby(
             ["layer", "device", "dtype", "mode"], sort=False):
         table = Table(title=f"{layer} · {device} · {dtype} · {mode}", title_justify="left",
                       caption="median time, speed vs builtin (x2 = twice as fast), correctness",
                       caption_justify="left")
-        variants = list(dict.fromkeys(group["variant"]))
+        columns = list(dict.fromkeys(group["variant"]))
         table.add_column("case", style="bold")
-        for name in variants:
+        for name in columns:
             table.add_column(name, justify="right")
         for case, rows in group.groupby("case", sort=False):
             by_variant = {r["variant"]: r for _, r in rows.iterrows()}
             table.add_row(case, *(_cell(by_variant[v]) if v in by_variant else ""
-                                  for v in variants))
+                                  for v in columns))
         tables.append(table)
     return tables
 

@@ -18,7 +18,7 @@ from reports.markdown import definitions, md_table
 from reports.meta import environment_rows
 from reports.schema import STATUSES, load_run
 from reports.stats import geomean
-from reports.style import variant
+from reports.style import variant, variants
 
 TABLE_COLUMNS = ["layer", "impl", "compile", "device", "dtype", "mode", "case", "status",
                  "median_ms", "iqr_ms", "n_samples", "gflops", "gbps", "roofline_frac",
@@ -96,8 +96,7 @@ def _layer_summary(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
              "runner_up", "runner_up_ratio"]]
     problems = rows[rows["status"] != "ok"]
     problems = problems.assign(
-        variant=[variant(i, c) for i, c in zip(problems["impl"], problems["compile"],
-                                               strict=True)],
+        variant=variants(problems),
         setting=problems[SETTING].agg(" ".join, axis=1) if len(problems) else [])
     return {"variants": variant_summary(rows), "best": best,
             "problems": problems[["variant", "setting", "case", "status", "reason"]]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
+from typing import Any
 
 # The techniques of the notes, slowest first; anything else (a user's impl) gets a colour from
 # its name, stable across runs.
@@ -43,6 +44,11 @@ def impl_order(impls: Iterable[str]) -> list[str]:
 def impl_colors(impls: Iterable[str]) -> dict[str, str]:
     """A seaborn ``palette=`` mapping for ``impls``."""
     return {impl: impl_color(impl) for impl in impl_order(impls)}
+
+
+def variants(frame: Any) -> list[str]:
+    """``variant`` of every row of a frame with ``impl`` and ``compile`` columns."""
+    return [variant(i, c) for i, c in zip(frame["impl"], frame["compile"], strict=True)]
 
 
 def variant(impl: str, compile_mode: str) -> str:
