@@ -1,0 +1,187 @@
+"""Evidence for the regression gate: A/A checks of unchanged code, and planted slowdowns.
+
+    python benchmarks/gate_evidence.py --aa 20 --planted 5 --out .cache/gate-evidence
+
+Runs ``python cli.py check --baseline BASELINE`` one after another (never two at once: they
+would disturb each other's timings):
+
+- ``aa``: the code of this checkout, unchanged (a copy). Every failure is a false alarm.
+- ``conv-im2col-1.3x``: a copy of the tree whose conv ``im2col`` does its unfold + GEMM again
+  on the top 30% of the output rows (real extra work, about 1.3x at sizes where the GEMM
+  dominates; more where fixed per-call costs dominate).
+- ``attention-matmul-2x``: a copy whose attention ``matmul`` computes everything twice.
+
+Each try's exit code, wall time, verdict line and the planted implementation's measured ratios
+go to ``tries.csv`` in ``--out``, and a Markdown summary is printed. Interrupt and rerun with
+``--skip-done`` to continue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = ["kind", "try", "exit", "wall_s", "summary", "check_dir", "regressions",
+          "planted_ratios", "started"]
+
+IM2COL_LINE = "    out = out + bias.view(1, C_out, 1)  # (N, C_out, L)\n"
+IM2COL_EXTRA = (
+    "    # planted slowdown: unfold + GEMM again on the top 30% of the output rows\n"
+    "    rows = (max(1, round(0.3 * H_out)) - 1) * stride + k\n"
+    "    band = F.pad(x, (padding, padding, padding, padding))[:, :, :rows]\n"
+    "    _ = weight.reshape(C_out, -1) @ F.unfold(band, k, stride=stride)\n"
+)
+ATTENTION_BODY = (
+    "    attn = torch.matmul(q / temperature, k.transpose(2, 3))  # (N, h, len_q, len_k)\n"
+    "    if mask is not None:\n"
+    "        attn = attn.masked_fill(mask == 0, MASK_FILL)\n"
+    "    attn = F.softmax(attn, dim=-1)\n"
+    "    output = torch.matmul(attn, v)  # (N, h, len_q, d_v)\n"
+)
+
+
+def _plant_im2col(text: str) -> str:
+    assert IM2COL_LINE in text, "impls/conv.py changed: update the planted im2col slowdown"
+    return text.replace(IM2COL_LINE, IM2COL_LINE + IM2COL_EXTRA, 1)
+
+
+def _plant_attention(text: str) -> str:
+    assert ATTENTION_BODY in text, "impls/attention.py changed: update the planted slowdown"
+    twice = "    for _ in range(2):  # planted slowdown: everything twice\n" + "".join(
+        "    " + line for line in ATTENTION_BODY.splitlines(keepends=True))
+    return text.replace(ATTENTION_BODY, twice, 1)
+
+
+# kind -> (file to change, change, (layer, impl) whose ratios to record)
+PLANTS: dict[str, tuple[str, Callable[[str], str], tuple[str, str]]] = {
+    "conv-im2col-1.3x": ("impls/conv.py", _plant_im2col, ("conv", "im2col")),
+    "attention-matmul-2x": ("impls/attention.py", _plant_attention, ("attention", "matmul")),
+}
+
+
+def planted_tree(kind: str, dest: Path) -> Path:
+    """A copy of this checkout's files (tracked and not ignored), with ``kind``'s slowdown
+    planted (``aa``: unchanged), so edits to the checkout while the tries run change nothing."""
+    tree = dest / kind
+    if not tree.exists():
+        files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                                "--exclude-standard"], cwd=ROOT, check=True,
+                               capture_output=True).stdout.decode().split("\0")
+        tree.mkdir(parents=True)
+        archive = dest / f"{kind}.tar"
+        with tarfile.open(archive, "w") as tar:
+            for name in filter(None, files):
+                if (ROOT / name).is_file():
+                    tar.add(ROOT / name, arcname=name)
+        with tarfile.open(archive) as tar:
+            tar.extractall(tree, filter="data")
+        archive.unlink()
+        if kind in PLANTS:
+            path, change, _ = PLANTS[kind]
+            (tree / path).write_text(change((tree / path).read_text()))
+    return tree
+
+
+def one_check(kind: str, index: int, baseline: Path, out: Path) -> dict[str, object]:
+    """Run one ``check`` of ``kind``; its outcome as a ``tries.csv`` row."""
+    tree = planted_tree(kind, out / "trees")
+    runs = out / "runs"
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "cli.py", "check", "--baseline", str(baseline),
+                           "--out", str(runs), "--quiet"], cwd=tree, capture_output=True,
+                          text=True)
+    wall = time.perf_counter() - t0
+    lines = done.stdout.splitlines()
+    summary = next((x for x in lines if x.startswith(("PASS", "FAIL"))), done.stderr[-300:])
+    details = next((x.split(": ", 1)[1] for x in lines if x.startswith("details: ")), "")
+    check_dir = Path(details).parent if details else Path()
+    if check_dir and not check_dir.is_absolute():
+        check_dir = tree / check_dir
+    regressions = [x.split(":")[0].removeprefix("REGRESSION ") for x in lines
+                   if x.startswith("REGRESSION ")]
+    return {"kind": kind, "try": index, "exit": done.returncode, "wall_s": round(wall, 1),
+            "summary": summary, "check_dir": str(check_dir), "regressions": "; ".join(regressions),
+            "planted_ratios": _planted_ratios(kind, check_dir), "started": started}
+
+
+def _planted_ratios(kind: str, check_dir: Path) -> str:
+    """``case xRATIO verdict`` of the planted implementation (seconds basis where there)."""
+    if kind not in PLANTS or not (check_dir / "compare.csv").is_file():
+        return ""
+    layer, impl = PLANTS[kind][2]
+    frame = pd.read_csv(check_dir / "compare.csv", keep_default_na=False)
+    rows = frame[(frame["layer"] == layer) & (frame["impl"] == impl)
+                 & (frame["compile"] == "none")]
+    return "; ".join(f"{r['case']} x{float(r['ratio']):.2f} {r['verdict']}"
+                     + (f" ({r['note']})" if r["note"] else "") for _, r in rows.iterrows())
+
+
+def summarise(rows: list[dict[str, object]]) -> str:
+    """Markdown: per kind, tries, how many failed (exit 1), and the wall times."""
+    frame = pd.DataFrame(rows)
+    lines = ["| check | tries | exit 1 (failed) | other exits | wall time (s), median [min-max] |",
+             "|---|---|---|---|---|"]
+    for kind, group in frame.groupby("kind", sort=False):
+        exits = group["exit"].astype(int)
+        wall = group["wall_s"].astype(float)
+        lines.append(f"| {kind} | {len(group)} | {int((exits == 1).sum())} | "
+                     f"{int((~exits.isin([0, 1])).sum())} | {wall.median():.0f} "
+                     f"[{wall.min():.0f}-{wall.max():.0f}] |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", type=Path, default=ROOT / ".ci" / "baseline")
+    parser.add_argument("--aa", type=int, default=20, help="A/A checks of unchanged code")
+    parser.add_argument("--planted", type=int, default=5, help="checks per planted slowdown")
+    parser.add_argument("--plants", default=",".join(PLANTS),
+                        help=f"comma-separated, of: {', '.join(PLANTS)}")
+    parser.add_argument("--out", type=Path, default=ROOT / ".cache" / "gate-evidence")
+    parser.add_argument("--skip-done", action="store_true",
+                        help="keep the tries already in OUT/tries.csv")
+    args = parser.parse_args()
+    baseline, out = args.baseline.resolve(), args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "tries.csv"
+    rows = (list(csv.DictReader(log.open())) if args.skip_done and log.is_file() else [])
+    done = {(r["kind"], int(r["try"])) for r in rows}
+    plan = [("aa", i + 1) for i in range(args.aa)]
+    for kind in filter(None, re.split(r"\s*,\s*", args.plants)):
+        if kind not in PLANTS:
+            parser.error(f"unknown plant {kind!r}")
+        plan += [(kind, i + 1) for i in range(args.planted)]
+    # interleave: plants between A/A tries, so both see the same hours of the machine
+    plan.sort(key=lambda p: (p[1], p[0] != "aa"))
+    for kind in dict.fromkeys(k for k, _ in plan):  # every copy now: all of the same code
+        planted_tree(kind, out / "trees")
+    with log.open("w", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        for kind, index in plan:
+            if (kind, index) in done:
+                continue
+            row = one_check(kind, index, baseline, out)
+            print(f"{row['started']} {kind} #{index}: exit {row['exit']} in {row['wall_s']} s: "
+                  f"{row['summary']}" + (f" [{row['regressions']}]" if row["regressions"]
+                                         else ""), flush=True)
+            writer.writerow(row)
+            f.flush()
+            rows.append(row)
+    print(summarise(rows))
+
+
+if __name__ == "__main__":
+    main()
