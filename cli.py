@@ -31,6 +31,7 @@ from suites.compilation import COMPILE_MODES, use_project_cache
 from suites.config import BenchConfig, TimingConfig, config_from_dict
 from suites.environment import available_devices, device_problem, machine_info
 from suites.presets import PRESET_NAMES, notes_size, parse_size
+from suites.profiling import trace_name
 from suites.runner import run
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -318,6 +319,175 @@ def _report(run_dir: Path, console: Console) -> None:
                       f"`python cli.py report {run_dir}`", markup=False)
         return
     console.print(f"report: {paths[0]} ({len(paths) - 2} figures)", markup=False)
+
+
+@cli.command("profile")
+@click.argument("layer")
+@click.option("--impl", required=True, help="The implementation to profile.")
+@click.option("--size", default=None, help="k=v,... on top of the notes' size (default: the "
+              "notes' size; for a naive loop too slow there, its calibration size).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or mps.")
+@click.option("--dtype", default="float32", show_default=True, help=", ".join(DTYPE_NAMES))
+@click.option("--mode", default="fwd", show_default=True, help=", ".join(MODES))
+@click.option("--compile", "compile_mode", default="none", show_default=True,
+              help=f"torch.compile mode: {', '.join(COMPILE_MODES)}.")
+@click.option("--wait", default=None, type=click.IntRange(0),
+              help="Calls before recording (default 1; naive loops 0).")
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(0),
+              help="Calls recorded, then dropped.")
+@click.option("--active", default=None, type=click.IntRange(1),
+              help="Calls recorded and averaged (default 3; naive loops 1).")
+@click.option("--stacks", is_flag=True, help="Record Python stacks (TensorBoard's stack view).")
+@click.option("--budget", "budget_s", default=60.0, show_default=True, type=float,
+              help="Seconds the profiled calls of a naive loop may take (predicted).")
+@click.option("--threads", default=0, type=click.IntRange(0),
+              help="CPU threads (default: torch's default).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--top", default=15, show_default=True, type=click.IntRange(1),
+              help="Operators in the printed table.")
+@click.option("--out", default=Path("results"), show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--impl-file", "impl_files", multiple=True, type=click.Path(path_type=Path),
+              help="Python file registering your own implementations (repeatable).")
+def profile_command(layer: str, impl: str, size: str | None, device: str, dtype: str, mode: str,
+                    compile_mode: str, wait: int | None, warmup: int, active: int | None,
+                    stacks: bool, budget_s: float, threads: int, seed: int, top: int, out: Path,
+                    impl_files: tuple[Path, ...]) -> None:
+    """Run one case of LAYER under torch.profiler: operator table, traces, ops.csv, figures."""
+    from suites.profiling import ProfileSettings
+    from suites.runner import profile_one
+
+    _load_impl_files(impl_files)
+    layer = _choose("layer", (layer,), [x.name for x in REGISTRY.layers()])[0]
+    spec = REGISTRY.layer(layer)
+    try:
+        found = REGISTRY.impl(layer, impl)
+    except KeyError as exc:
+        raise InputError(str(exc.args[0])) from None
+    (device,) = _devices((device,))
+    _choose("dtype", (dtype,), DTYPE_NAMES)
+    _choose("mode", (mode,), MODES)
+    _choose("compile mode", (compile_mode,), COMPILE_MODES)
+    naive = found.naive
+    settings = ProfileSettings(wait=(0 if naive else 1) if wait is None else wait,
+                               warmup=warmup, active=(1 if naive else 3) if active is None
+                               else active, with_stack=stacks)
+    try:
+        params = parse_size(size, notes_size(layer), spec) if size else notes_size(layer)
+        spec.check(params)
+    except ValueError as exc:
+        raise InputError(f"--size: {exc}") from None
+    if threads:
+        torch.set_num_threads(threads)
+    config = BenchConfig(layers=(layer,), impls=(impl,), devices=(device,), dtypes=(dtype,),
+                         modes=(mode,), compile_modes=(compile_mode,), budget_s=budget_s,
+                         seed=seed, threads=threads, out=out, profile=True)
+    case = Case(layer, impl, compile_mode, tuple((p, params[p]) for p in spec.params), device,
+                dtype, mode)
+    if problem := found.unsupported(device, DTYPE_NAMES[dtype], mode, compile_mode):
+        raise InputError(f"{layer}/{impl}: {problem}")
+    console = _console(stderr=True)
+    if naive:
+        case = _affordable(case, config, settings, explicit=size is not None, console=console)
+    try:
+        run_dir = new_run_dir(out, f"profile-{layer}-{impl}")
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot create the directory ({exc.strerror or exc})") \
+            from None
+    use_project_cache()
+    console.print(f"profiling {layer}/{impl} {case.label} ({device} {dtype} {mode}, compile "
+                  f"{compile_mode}; wait {settings.wait}, warm-up {settings.warmup}, active "
+                  f"{settings.active}) -> {run_dir}", markup=False)
+    try:
+        with torch.set_grad_enabled(mode != "fwd"):
+            result = profile_one(case, seed, run_dir / "tb" / trace_name(case), settings,
+                                 chrome_trace=run_dir / "trace.json")
+    except Exception as exc:  # the implementation failed: say so, like a bench error row
+        click.echo(f"error: {layer}/{impl} failed under the profiler: {type(exc).__name__}: "
+                   f"{' '.join(str(exc).split())[:300]}", err=True)
+        sys.exit(EXIT_FAILURES)
+    _write_profile(run_dir, case, result, config, settings, top)
+
+
+def _affordable(case: Case, config: BenchConfig, settings: Any, explicit: bool,
+                console: Console) -> Case:
+    """A naive loop's case, or its calibration size when the calls would exceed the budget."""
+    from suites.budget import predict
+    from suites.timing import format_seconds
+
+    spec, impl = REGISTRY.layer(case.layer), REGISTRY.impl(case.layer, case.impl)
+    dtype = DTYPE_NAMES[case.dtype]
+    per_call = predict(impl, spec, case.size, dtype, case.device, case.mode, config).per_call_s
+    needed = per_call * (settings.warmup + settings.active) * 3  # the profiler's overhead
+    if needed <= config.budget_s:
+        return case
+    small = spec.calibration_params(case.size)
+    label = spec.label(small)
+    if explicit:
+        raise InputError(f"{case.layer}/{case.impl} at {case.label}: predicted "
+                         f"{format_seconds(needed)} under the profiler > --budget "
+                         f"{format_seconds(config.budget_s)}; raise --budget or profile a smaller"
+                         f" --size (e.g. {label})")
+    console.print(f"{case.impl} at the notes' size {case.label} would take "
+                  f"{format_seconds(needed)} under the profiler (> --budget "
+                  f"{format_seconds(config.budget_s)}): profiling {label} instead", markup=False)
+    return dataclasses.replace(case, params=tuple((p, small[p]) for p in spec.params))
+
+
+def _write_profile(run_dir: Path, case: Case, result: Any, config: BenchConfig,
+                   settings: Any, top: int) -> None:
+    """ops.csv, meta.json, figures and the printed summary of a ``profile`` run."""
+    import pandas as pd
+
+    from reports.profile_plots import case_figures
+    from reports.schema import OPS_COLUMNS, CsvAppender, write_json
+
+    appender = CsvAppender(run_dir / "ops.csv", OPS_COLUMNS)
+    appender.append(result.ops)
+    appender.close()
+    write_json(run_dir / "meta.json", {
+        "command": sys.argv, "config": dataclasses.asdict(config),
+        "profile": dataclasses.asdict(settings), "case": dict(zip(KEY_COLUMNS, case.key,
+                                                                  strict=True)),
+        "op_calls": result.op_calls, "peak_mem_bytes": result.peak_mem_bytes,
+        "machine": machine_info([case.device])})
+    ops = pd.DataFrame(result.ops, columns=list(OPS_COLUMNS))
+    title = f"{case.layer}/{case.impl} {case.label}"
+    figures = case_figures(ops, result.memory, title, run_dir)
+    out = _console()
+    out.print(_ops_table(ops, top, title))
+    self_ms = ops["self_cpu_us"].sum() / 1e3
+    out.print(f"per call: {result.op_calls:,.0f} operators launched, {self_ms:.4g} ms of CPU "
+              f"self time under the profiler, peak memory {result.peak_mem_bytes / 2**20:.4g} "
+              "MiB beyond the inputs", markup=False, highlight=False)
+    tb = run_dir / "tb"
+    for line in (f"ops.csv: {run_dir / 'ops.csv'}",
+                 f"figures: {', '.join(str(p) for p in figures)}",
+                 f"TensorBoard: tensorboard --logdir {tb}  (PyTorch Profiler tab; needs "
+                 "torch-tb-profiler)",
+                 f"Perfetto: open {run_dir / 'trace.json'} at https://ui.perfetto.dev "
+                 "(or chrome://tracing)"):
+        out.print(line, markup=False, highlight=False)
+
+
+def _ops_table(ops: Any, top: int, title: str) -> Table:
+    """The top operators by self time, with their share and calls per call."""
+    device_time = ops["self_device_us"].sum() > 0
+    total = ops["self_cpu_us"].sum()
+    table = Table(title=f"{title}: top operators by self time (per call)",
+                  title_justify="left")
+    columns = ["operator", "calls", "self CPU us", "%", "CPU total us"]
+    columns += ["self device us", "device total us"] if device_time else []
+    for column in columns:
+        table.add_column(column, justify="left" if column == "operator" else "right")
+    for _, r in ops.head(top).iterrows():
+        cells = [r["op"], f"{r['calls']:.4g}", f"{r['self_cpu_us']:.4g}",
+                 f"{100 * r['self_cpu_us'] / total:.1f}" if total > 0 else "",
+                 f"{r['cpu_total_us']:.4g}"]
+        cells += [f"{r['self_device_us']:.4g}", f"{r['device_total_us']:.4g}"] if device_time \
+            else []
+        table.add_row(*cells)
+    return table
 
 
 @cli.command("report")

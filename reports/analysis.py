@@ -70,3 +70,58 @@ def best_per_size(results: pd.DataFrame) -> pd.DataFrame:
             row["runner_up_ratio"] = second["median_ms"] / best["median_ms"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+OTHER_OPS = "other"
+
+
+def self_time_column(ops: pd.DataFrame) -> str:
+    """Where an operator's own time is: kernel time on a GPU run, CPU time otherwise."""
+    on_gpu = ops["device"].astype(str).str.startswith("cuda")
+    if on_gpu.any() and pd.to_numeric(ops.loc[on_gpu, "self_device_us"]).sum() > 0:
+        return "self_device_us"
+    return "self_cpu_us"
+
+
+def op_shares(ops: pd.DataFrame, top: int = 7) -> pd.DataFrame:
+    """Each profiled case's self time split over the ``top`` operators of ``ops`` (by their
+    largest share in any case) plus ``other``: columns key, ``op``, ``us`` (per call of the
+    case), ``share`` (of the case's total)."""
+    key = ["layer", "impl", "compile", "device", "dtype", "mode", "case"]
+    ops = ops[ops["op"].notna() & ~ops["op"].astype(str).str.startswith("<")]
+    if ops.empty:
+        return pd.DataFrame(columns=[*key, "op", "us", "share"])
+    column = self_time_column(ops)
+    frame = ops.assign(us=pd.to_numeric(ops[column], errors="coerce").fillna(0.0))
+    totals = frame.groupby(key, sort=False)["us"].transform("sum")
+    frame = frame.assign(share=frame["us"] / totals.where(totals > 0))
+    leaders = (frame.groupby("op")["share"].max().sort_values(ascending=False)
+               .index[:top].tolist())
+    frame = frame.assign(op=frame["op"].where(frame["op"].isin(leaders), OTHER_OPS))
+    shares = frame.groupby([*key, "op"], sort=False, as_index=False)[["us", "share"]].sum()
+    order = {op: i for i, op in enumerate([*leaders, OTHER_OPS])}
+    return shares.sort_values([*key, "op"], key=lambda c: c.map(order) if c.name == "op"
+                              else c, kind="stable").reset_index(drop=True)
+
+
+def profile_table(results: pd.DataFrame, ops: pd.DataFrame) -> pd.DataFrame:
+    """Per profiled case: operator calls per call, peak memory, profiled time per call and the
+    operator that takes the most of it."""
+    key = ["layer", "impl", "compile", "device", "dtype", "mode", "case"]
+    shares = op_shares(ops, top=10**6)
+    if shares.empty:
+        return pd.DataFrame(columns=[*key, "variant", "median_ms", "op_calls", "peak_mem_mib",
+                                     "profiled_ms", "top_op", "top_share"])
+    top = shares.sort_values("us", ascending=False, kind="stable").groupby(key, sort=False).head(1)
+    total = shares.groupby(key, sort=False, as_index=False)["us"].sum()
+    table = total.merge(top[[*key, "op", "share"]], on=key).merge(
+        results[[*key, "op_calls", "peak_mem_bytes", "median_ms"]], on=key, how="left")
+    return pd.DataFrame({
+        **{k: table[k] for k in key},
+        "variant": [variant(i, c) for i, c in zip(table["impl"], table["compile"], strict=True)],
+        "median_ms": table["median_ms"],
+        "op_calls": table["op_calls"],
+        "peak_mem_mib": table["peak_mem_bytes"] / 2**20,
+        "profiled_ms": table["us"] / 1e3,
+        "top_op": table["op"], "top_share": table["share"],
+    })

@@ -50,28 +50,34 @@ class _Layer:
     cases: list[str]  # smallest FLOPs first
     slopes: dict[tuple[str, ...], float]  # (impl, compile, device, dtype, mode) -> exponent
     meta: dict[str, Any]
+    ops: pd.DataFrame  # this layer's ops.csv rows (empty when the run was not profiled)
 
 
 @dataclass(frozen=True)
-class _Drawn:
+class Drawn:
     fig: Any  # matplotlib.figure.Figure
     title: str
     caption: str
 
 
-def render(results: pd.DataFrame, meta: dict[str, Any], out_dir: Path) -> list[Figure]:
-    """Write every figure ``results`` has data for under ``out_dir``; per layer in KINDS order."""
+def render(results: pd.DataFrame, meta: dict[str, Any], out_dir: Path,
+           ops: pd.DataFrame | None = None) -> list[Figure]:
+    """Write every figure ``results`` (and a profiled run's ``ops``) has data for under
+    ``out_dir``; per layer in KINDS order, then the profile figures."""
     import seaborn as sns
 
+    from reports.profile_plots import PROFILE_DRAWERS
+
+    drawers = {**DRAWERS, **(PROFILE_DRAWERS if ops is not None and len(ops) else {})}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     slopes = _slopes(results)
     figures = []
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.8):
         for name in pd.unique(results["layer"]):
-            layer = _layer(results, str(name), meta, slopes)
-            for kind in KINDS:
-                drawn = DRAWERS[kind](layer)
+            layer = _layer(results, str(name), meta, slopes, ops)
+            for kind, draw in drawers.items():
+                drawn = draw(layer)
                 if drawn is None:
                     continue
                 drawn.fig.suptitle(drawn.title, fontsize="large")
@@ -88,18 +94,21 @@ def _slopes(results: pd.DataFrame) -> dict[tuple[str, ...], float]:
 
 
 def _layer(results: pd.DataFrame, name: str, meta: dict[str, Any],
-           slopes: dict[tuple[str, ...], float] | None = None) -> _Layer:
+           slopes: dict[tuple[str, ...], float] | None = None,
+           ops: pd.DataFrame | None = None) -> _Layer:
     rows = results[results["layer"] == name]
     size = rows.groupby("case", sort=False)["flops"].min()
     cases = list(size.sort_values(kind="stable", na_position="last").index)
     slopes = _slopes(results) if slopes is None else slopes
     own = {k[1:]: v for k, v in slopes.items() if k[0] == name}
-    return _Layer(name, rows, measured(rows), cases, own, meta)
+    ops = ops[ops["layer"] == name] if ops is not None and len(ops) else pd.DataFrame(
+        columns=["layer", "op"])
+    return _Layer(name, rows, measured(rows), cases, own, meta, ops)
 
 
 # -- shared pieces ---------------------------------------------------------------------------
 
-def _grid(n_rows: int, n_cols: int = 1, width: float = WIDTH_IN,
+def grid(n_rows: int, n_cols: int = 1, width: float = WIDTH_IN,
           sharex: bool = False) -> tuple[Any, np.ndarray]:
     """Facets stacked in rows; a shared x axis means rotated case labels under the last row."""
     from matplotlib.figure import Figure as MplFigure
@@ -109,18 +118,18 @@ def _grid(n_rows: int, n_cols: int = 1, width: float = WIDTH_IN,
     return fig, fig.subplots(n_rows, n_cols, sharex=sharex, squeeze=False)
 
 
-def _facets(frame: pd.DataFrame, keys: tuple[str, ...] = FACET) -> list[tuple[str, ...]]:
+def facet_keys(frame: pd.DataFrame, keys: tuple[str, ...] = FACET) -> list[tuple[str, ...]]:
     return list(dict.fromkeys(frame[list(keys)].itertuples(index=False, name=None)))
 
 
-def _subset(frame: pd.DataFrame, keys: tuple[str, ...], values: tuple[str, ...]) -> pd.DataFrame:
+def subset(frame: pd.DataFrame, keys: tuple[str, ...], values: tuple[str, ...]) -> pd.DataFrame:
     keep = np.ones(len(frame), dtype=bool)
     for k, v in zip(keys, values, strict=True):
         keep &= (frame[k] == v).to_numpy()
     return frame[keep]
 
 
-def _variants(frame: pd.DataFrame) -> list[tuple[str, str]]:
+def variant_pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
     """(impl, compile) pairs in legend order: impls as in the notes, eager before compiled."""
     modes = ["none", *[m for m in pd.unique(frame["compile"]) if m != "none"]]
     present = set(frame[["impl", "compile"]].itertuples(index=False, name=None))
@@ -136,21 +145,21 @@ def _pick(frame: pd.DataFrame, impl: str, compile_mode: str) -> pd.DataFrame:
     return frame[(frame["impl"] == impl) & (frame["compile"] == compile_mode)]
 
 
-def _positive(values: Any) -> np.ndarray:
+def positive(values: Any) -> np.ndarray:
     v = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(float)
     return np.isfinite(v) & (v > 0)
 
 
-def _facet_title(ax: Any, values: tuple[str, ...]) -> None:
+def facet_title(ax: Any, values: tuple[str, ...]) -> None:
     ax.set_title(" · ".join(str(v) for v in values), fontsize="medium")
 
 
-def _setting(frame: pd.DataFrame) -> str:
+def setting(frame: pd.DataFrame) -> str:
     parts = [", ".join(map(str, pd.unique(frame[k]))) for k in ("device", "dtype")]
     return " / ".join(parts)
 
 
-def _case_axis(ax: Any, cases: list[str]) -> None:
+def case_axis(ax: Any, cases: list[str]) -> None:
     ax.set_xticks(range(len(cases)))
     ax.set_xticklabels(cases, rotation=30, ha="right", fontsize=7)
     ax.set_xlim(-0.5, len(cases) - 0.5)
@@ -163,7 +172,7 @@ def _legend(ax: Any, n: int | None = None) -> None:
               ncol=1 if n <= 16 else 2)
 
 
-def _fig_legend(axes: np.ndarray) -> None:
+def fig_legend(axes: np.ndarray) -> None:
     """One legend for all facets, right of the top-right axes (a figure legend would collide
     with the suptitle when it is tall)."""
     handles: dict[str, Any] = {}
@@ -176,12 +185,12 @@ def _fig_legend(axes: np.ndarray) -> None:
                            ncol=1 if len(handles) <= 16 else 2)
 
 
-def _lines(ax: Any, frame: pd.DataFrame, x: str, y: str, pos: dict[str, int] | None = None,
+def lines(ax: Any, frame: pd.DataFrame, x: str, y: str, pos: dict[str, int] | None = None,
            label: Callable[[str, str], str] | None = None) -> None:
     """One line per variant of ``frame``: ``y`` against ``x`` (or case positions ``pos``)."""
-    for impl, mode in _variants(frame):
+    for impl, mode in variant_pairs(frame):
         g = _pick(frame, impl, mode)
-        g = g[_positive(g[y]) & (True if pos else _positive(g[x]))]
+        g = g[positive(g[y]) & (True if pos else positive(g[x]))]
         if g.empty:
             continue
         xs = g["case"].map(pos).to_numpy(float) if pos else g[x].to_numpy(float)
@@ -191,43 +200,43 @@ def _lines(ax: Any, frame: pd.DataFrame, x: str, y: str, pos: dict[str, int] | N
                 **_style(mode))
 
 
-def _positions(cases: list[str], frame: pd.DataFrame) -> tuple[list[str], dict[str, int]]:
+def positions(cases: list[str], frame: pd.DataFrame) -> tuple[list[str], dict[str, int]]:
     shown = [c for c in cases if c in set(frame["case"])]
     return shown, {c: i for i, c in enumerate(shown)}
 
 
 # -- the figures -----------------------------------------------------------------------------
 
-def _latency(layer: _Layer) -> _Drawn | None:
-    timed = layer.timed[_positive(layer.timed["flops"])]
+def _latency(layer: _Layer) -> Drawn | None:
+    timed = layer.timed[positive(layer.timed["flops"])]
     predicted = _predicted(layer.rows)
     if timed.empty:
         return None
-    facets = _facets(pd.concat([timed, predicted]))
-    fig, axes = _grid(len(facets))
+    facets = facet_keys(pd.concat([timed, predicted]))
+    fig, axes = grid(len(facets))
     for ax, facet in zip(axes[:, 0], facets, strict=True):
-        sub = _subset(timed, FACET, facet)
+        sub = subset(timed, FACET, facet)
 
         def label(impl: str, mode: str, facet: tuple[str, ...] = facet) -> str:
             slope = layer.slopes.get((impl, mode, *facet))
             return variant(impl, mode) + ("" if slope is None else f" (slope {slope:.2f})")
 
-        _lines(ax, sub, "flops", "median_ms", label=label)
-        for impl, mode in _variants(sub):  # the IQR as a bar around each median
+        lines(ax, sub, "flops", "median_ms", label=label)
+        for impl, mode in variant_pairs(sub):  # the IQR as a bar around each median
             g = _pick(sub, impl, mode)
             med, half = g["median_ms"].to_numpy(float), g["iqr_ms"].to_numpy(float) / 2
             half = np.where(np.isfinite(half), half, 0.0)
             ax.vlines(g["flops"], med - np.minimum(half, 0.9 * med), med + half,
                       color=impl_color(impl), alpha=0.35, linewidth=2.5)
-        pred = _subset(predicted, FACET, facet)
-        for impl, mode in _variants(pred):
+        pred = subset(predicted, FACET, facet)
+        for impl, mode in variant_pairs(pred):
             g = _pick(pred, impl, mode)
             ax.scatter(g["flops"], g["predicted_ms"], s=40, facecolors="none",
                        edgecolors=impl_color(impl), linewidths=1.3, marker=_style(mode)["marker"],
                        label=f"{variant(impl, mode)} predicted (skipped)")
         ax.set(xscale="log", yscale="log", xlabel="FLOPs per call",
                ylabel="median time per call (ms)")
-        _facet_title(ax, facet)
+        facet_title(ax, facet)
         _legend(ax)
     caption = ("Median time per call against the FLOPs of the call, both on log scales; one line "
                "per implementation (marker and dashes show the compile mode), vertical bars span "
@@ -236,35 +245,35 @@ def _latency(layer: _Layer) -> _Drawn | None:
     if not predicted.empty:
         caption += (" Hollow markers are naive-loop cases skipped by the time budget, drawn at "
                     "their predicted time per call.")
-    return _Drawn(fig, f"{layer.name}: latency vs FLOPs ({_setting(timed)})", caption)
+    return Drawn(fig, f"{layer.name}: latency vs FLOPs ({setting(timed)})", caption)
 
 
 def _predicted(rows: pd.DataFrame) -> pd.DataFrame:
     """Skipped naive-loop rows with a per-call prediction, in ``predicted_ms``."""
-    skipped = rows[(rows["status"] == "skipped") & _positive(rows["predicted_call_s"])]
+    skipped = rows[(rows["status"] == "skipped") & positive(rows["predicted_call_s"])]
     return skipped.assign(predicted_ms=skipped["predicted_call_s"] * 1e3)
 
 
-def _speedup(layer: _Layer) -> _Drawn | None:
+def _speedup(layer: _Layer) -> Drawn | None:
     t = layer.timed
-    data = t[_positive(t["speedup_vs_builtin"])
+    data = t[positive(t["speedup_vs_builtin"])
              & ~((t["impl"] == "builtin") & (t["compile"] == "none"))]
     if data.empty:
         return None
-    cases, pos = _positions(layer.cases, data)
-    facets = _facets(data)
-    fig, axes = _grid(len(facets), sharex=True)
+    cases, pos = positions(layer.cases, data)
+    facets = facet_keys(data)
+    fig, axes = grid(len(facets), sharex=True)
     for ax, facet in zip(axes[:, 0], facets, strict=True):
-        _lines(ax, _subset(data, FACET, facet), "case", "speedup_vs_builtin", pos=pos)
+        lines(ax, subset(data, FACET, facet), "case", "speedup_vs_builtin", pos=pos)
         ax.axhline(1.0, color="0.2", linestyle=":", linewidth=1.2, label="builtin (eager) = 1")
         ax.set(yscale="log", ylabel="speedup vs builtin (x)")
-        _facet_title(ax, facet)
-    _case_axis(axes[-1, 0], cases)
-    _fig_legend(axes)
+        facet_title(ax, facet)
+    case_axis(axes[-1, 0], cases)
+    fig_legend(axes)
     caption = ("Builtin median time divided by this implementation's, per size, on a log scale: "
                "above the dotted line at 1 is faster than the eager builtin, below is slower "
                "(0.1 = ten times slower).")
-    return _Drawn(fig, f"{layer.name}: speedup vs builtin ({_setting(data)})", caption)
+    return Drawn(fig, f"{layer.name}: speedup vs builtin ({setting(data)})", caption)
 
 
 def _peak_key(device: str, dtype: str, table: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -273,32 +282,32 @@ def _peak_key(device: str, dtype: str, table: dict[str, Any], meta: dict[str, An
     return key if key in table else dtype
 
 
-def _roofline(layer: _Layer) -> _Drawn | None:
+def _roofline(layer: _Layer) -> Drawn | None:
     calibration = layer.meta.get("calibration") or {}
     t = layer.timed
-    data = t[_positive(t["gflops"]) & _positive(t["flops"]) & _positive(t["bytes"])
+    data = t[positive(t["gflops"]) & positive(t["flops"]) & positive(t["bytes"])
              & t["device"].isin(list(calibration))]
     if data.empty:
         return None
     data = data.assign(intensity=data["flops"] / data["bytes"])
-    facets = _facets(data)
-    fig, axes = _grid(len(facets))
+    facets = facet_keys(data)
+    fig, axes = grid(len(facets))
     for ax, (device, dtype, mode) in zip(axes[:, 0], facets, strict=True):
-        sub = _subset(data, FACET, (device, dtype, mode))
-        for impl, compile_mode in _variants(sub):
+        sub = subset(data, FACET, (device, dtype, mode))
+        for impl, compile_mode in variant_pairs(sub):
             g = _pick(sub, impl, compile_mode)
             ax.scatter(g["intensity"], g["gflops"], color=impl_color(impl), s=26,
                        marker=_style(compile_mode)["marker"], label=variant(impl, compile_mode))
         _ceiling(ax, calibration[device], device, dtype, layer.meta, sub["intensity"])
         ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs per byte)",
                ylabel="achieved GFLOP/s")
-        _facet_title(ax, (device, dtype, mode))
-    _fig_legend(axes)
+        facet_title(ax, (device, dtype, mode))
+    fig_legend(axes)
     caption = ("Achieved GFLOP/s against arithmetic intensity (FLOPs per byte moved), both on log "
                "scales. The grey line is the attainable ceiling, min(peak matmul GFLOP/s, "
                "intensity x copy GB/s), from this machine's calibration: points under its slope "
                "are memory-bound, under its flat part compute-bound; the gap is headroom.")
-    return _Drawn(fig, f"{layer.name}: roofline ({_setting(data)})", caption)
+    return Drawn(fig, f"{layer.name}: roofline ({setting(data)})", caption)
 
 
 def _ceiling(ax: Any, ceilings: dict[str, Any], device: str, dtype: str, meta: dict[str, Any],
@@ -321,7 +330,7 @@ def _ceiling(ax: Any, ceilings: dict[str, Any], device: str, dtype: str, meta: d
                 fontsize="x-small", color="0.3", rotation=20)
 
 
-def _correctness(layer: _Layer) -> _Drawn | None:
+def _correctness(layer: _Layer) -> Drawn | None:
     rows = layer.rows.copy()
     grad = rows["grad_rel_err"] if "grad_rel_err" in rows else pd.Series(np.nan, rows.index)
     has_err = np.isfinite(rows["rel_err"].to_numpy(float)) | np.isfinite(grad.to_numpy(float))
@@ -329,25 +338,25 @@ def _correctness(layer: _Layer) -> _Drawn | None:
     statuses = (rows["status"] != "ok").any()
     if errs.empty and not statuses:
         return None
-    facets = _facets(errs)
-    fig, axes = _grid(len(facets) + int(statuses))
+    facets = facet_keys(errs)
+    fig, axes = grid(len(facets) + int(statuses))
     for ax, facet in zip(axes[: len(facets), 0], facets, strict=True):
-        _errors(ax, _subset(errs, FACET, facet), grad)
-        _facet_title(ax, facet)
+        _errors(ax, subset(errs, FACET, facet), grad)
+        facet_title(ax, facet)
     if statuses:
         _status(axes[-1, 0], rows)
-    _fig_legend(axes[: len(facets)])
+    fig_legend(axes[: len(facets)])
     caption = ("Relative error of the output (circles) and of the gradients (triangles) against "
                "the reference, one point per case, log scale; the dashed line is the dtype's rtol "
                "and red rings mark cases outside tolerance. Errors of exactly 0 are drawn at "
                f"{ERR_FLOOR:g} so the log axis can show them.")
     if statuses:
         caption += " The last panel counts the cases of each status per implementation."
-    return _Drawn(fig, f"{layer.name}: correctness ({_setting(rows)})", caption)
+    return Drawn(fig, f"{layer.name}: correctness ({setting(rows)})", caption)
 
 
 def _errors(ax: Any, sub: pd.DataFrame, grad: pd.Series) -> None:
-    variants = _variants(sub)
+    variants = variant_pairs(sub)
     for i, (impl, mode) in enumerate(variants):
         g = _pick(sub, impl, mode)
         jitter = np.linspace(-0.08, 0.08, len(g)) if len(g) > 1 else np.zeros(1)
@@ -376,7 +385,7 @@ def _errors(ax: Any, sub: pd.DataFrame, grad: pd.Series) -> None:
 
 def _status(ax: Any, rows: pd.DataFrame) -> None:
     """Stacked bars: how many cases of each variant ended in each status (all settings)."""
-    variants = _variants(rows)
+    variants = variant_pairs(rows)
     bottom = np.zeros(len(variants))
     for status, color in STATUS_COLORS.items():
         counts = np.array([int((_pick(rows, i, m)["status"] == status).sum())
@@ -391,61 +400,61 @@ def _status(ax: Any, rows: pd.DataFrame) -> None:
     _legend(ax)
 
 
-def _compile(layer: _Layer) -> _Drawn | None:
+def _compile(layer: _Layer) -> Drawn | None:
     t = layer.timed
     compiled = t[t["compile"] != "none"]
     if compiled.empty:
         return None
     data = t[t["impl"].isin(set(compiled["impl"]))]
-    cases, pos = _positions(layer.cases, compiled)
+    cases, pos = positions(layer.cases, compiled)
     data = data[data["case"].isin(pos)]
-    facets = _facets(compiled)
-    fig, axes = _grid(len(facets), 2, width=WIDTH_IN * 1.5, sharex=True)
+    facets = facet_keys(compiled)
+    fig, axes = grid(len(facets), 2, width=WIDTH_IN * 1.5, sharex=True)
     for (left, right), facet in zip(axes, facets, strict=True):
-        _lines(left, _subset(data, FACET, facet), "case", "median_ms", pos=pos)
-        _lines(right, _subset(compiled, FACET, facet), "case", "compile_s", pos=pos)
+        lines(left, subset(data, FACET, facet), "case", "median_ms", pos=pos)
+        lines(right, subset(compiled, FACET, facet), "case", "compile_s", pos=pos)
         left.set(yscale="log", ylabel="median time per call (ms)")
         right.set(yscale="log", ylabel="compile time (s)")
-        _facet_title(left, facet)
-        _facet_title(right, facet)
-    _case_axis(axes[-1, 0], cases)
-    _case_axis(axes[-1, 1], cases)
-    _fig_legend(axes)
+        facet_title(left, facet)
+        facet_title(right, facet)
+    case_axis(axes[-1, 0], cases)
+    case_axis(axes[-1, 1], cases)
+    fig_legend(axes)
     caption = ("Left: median time per call, eager (solid, circles) against torch.compile (other "
                "dashes and markers) per implementation and size; right: compile time, the first "
                "call's duration minus one call, in seconds. Compiling pays off once the time saved "
                "per call times the number of calls exceeds the compile time.")
-    return _Drawn(fig, f"{layer.name}: torch.compile ({_setting(compiled)})", caption)
+    return Drawn(fig, f"{layer.name}: torch.compile ({setting(compiled)})", caption)
 
 
-def _backward(layer: _Layer) -> _Drawn | None:
+def _backward(layer: _Layer) -> Drawn | None:
     t = layer.timed
     on = ["impl", "compile", "device", "dtype", "case"]
     pairs = t[t["mode"] == "fwd"].merge(t[t["mode"] == "fwdbwd"], on=on, suffixes=("", "_bwd"))
     if pairs.empty:
         return None
     pairs = pairs.assign(ratio=pairs["median_ms_bwd"] / pairs["median_ms"])
-    cases, pos = _positions(layer.cases, pairs)
-    facets = _facets(pairs, ("device", "dtype"))
-    fig, axes = _grid(len(facets), sharex=True)
+    cases, pos = positions(layer.cases, pairs)
+    facets = facet_keys(pairs, ("device", "dtype"))
+    fig, axes = grid(len(facets), sharex=True)
     for ax, facet in zip(axes[:, 0], facets, strict=True):
-        _lines(ax, _subset(pairs, ("device", "dtype"), facet), "case", "ratio", pos=pos)
+        lines(ax, subset(pairs, ("device", "dtype"), facet), "case", "ratio", pos=pos)
         ax.axhline(3.0, color="0.2", linestyle=":", linewidth=1.2, label="3x (GEMM-like)")
-        ratio = pairs["ratio"][_positive(pairs["ratio"])]
+        ratio = pairs["ratio"][positive(pairs["ratio"])]
         if len(ratio) and ratio.max() / ratio.min() > 10:
             ax.set_yscale("log")
         ax.set(ylabel="fwd+bwd time / fwd time")
-        _facet_title(ax, facet)
-    _case_axis(axes[-1, 0], cases)
-    _fig_legend(axes)
+        facet_title(ax, facet)
+    case_axis(axes[-1, 0], cases)
+    fig_legend(axes)
     caption = ("Median time of forward + backward divided by forward alone, per size: the cost of "
                "the backward pass. A GEMM-like layer costs about 3x (one GEMM forward, two "
                "backward), the dotted line; far above it points at a slow or recomputing "
                "backward.")
-    return _Drawn(fig, f"{layer.name}: backward cost ({_setting(pairs)})", caption)
+    return Drawn(fig, f"{layer.name}: backward cost ({setting(pairs)})", caption)
 
 
-DRAWERS: dict[str, Callable[[_Layer], _Drawn | None]] = {
+DRAWERS: dict[str, Callable[[_Layer], Drawn | None]] = {
     "latency": _latency, "speedup": _speedup, "roofline": _roofline,
     "correctness": _correctness, "compile": _compile, "backward": _backward,
 }

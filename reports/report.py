@@ -13,17 +13,17 @@ import numpy as np
 import pandas as pd
 
 from reports import html
-from reports.analysis import best_per_size, growth_exponents, measured
+from reports.analysis import best_per_size, growth_exponents, measured, profile_table
 from reports.markdown import definitions, md_table
 from reports.meta import environment_rows
-from reports.schema import STATUSES, load_run
+from reports.schema import STATUSES, load_ops, load_run
 from reports.stats import geomean
 from reports.style import variant, variants
 
 TABLE_COLUMNS = ["layer", "impl", "compile", "device", "dtype", "mode", "case", "status",
                  "median_ms", "iqr_ms", "n_samples", "gflops", "gbps", "roofline_frac",
                  "speedup_vs_builtin", "rel_err", "grad_rel_err", "compile_s", "peak_mem_bytes",
-                 "reason"]
+                 "op_calls", "reason"]
 SETTING = ["device", "dtype", "mode"]
 METHOD = (
     "Correctness: every case against a float64 CPU reference computed from the same rounded "
@@ -36,6 +36,14 @@ METHOD = (
     "log-log slope of time vs FLOPs over the sizes measured: ~1 means time grows with the work, "
     "well below 1 means fixed overheads dominate.")
 
+PROFILE_NOTE = (
+    "From `--profile`: a separate pass under torch.profiler after the timing. profiled_ms: the "
+    "self time of every operator per call, under the profiler (above median_ms, the honest "
+    "time); op_calls: operators launched per call; peak_mem_mib: the most memory a call holds "
+    "beyond its inputs (CPU: the profiler's allocation events; CUDA: max_memory_allocated); "
+    "top_op: the operator with the most self time, top_share its part. Traces: profile/<case>/ "
+    "(TensorBoard: tensorboard --logdir profile; Perfetto: open profile/<case>/trace.json).")
+
 
 def build_report(run_dir: str | Path) -> list[Path]:
     """Write the figures, ``report.html`` and ``report.md`` of ``run_dir``; return their paths.
@@ -46,9 +54,11 @@ def build_report(run_dir: str | Path) -> list[Path]:
 
     run_dir = Path(run_dir)
     results, meta = load_run(run_dir)
-    figures = render(results, meta, run_dir / "plots")
-    summaries = {layer: _layer_summary(rows) for layer, rows in results.groupby("layer",
-                                                                                sort=False)}
+    ops = load_ops(run_dir)
+    figures = render(results, meta, run_dir / "plots", ops)
+    profiled = profile_table(results, ops)
+    summaries = {layer: _layer_summary(rows, profiled[profiled["layer"] == layer])
+                 for layer, rows in results.groupby("layer", sort=False)}
     title = f"layerbench report: {meta.get('run_id', run_dir.name)}"
     html_path, md_path = run_dir / "report.html", run_dir / "report.md"
     html_path.write_text(html.page(title, _html_body(results, meta, summaries, figures)),
@@ -88,7 +98,7 @@ def variant_summary(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _layer_summary(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def _layer_summary(rows: pd.DataFrame, profiled: pd.DataFrame) -> dict[str, pd.DataFrame]:
     best = best_per_size(rows)
     if len(best):
         best = best.assign(setting=best[SETTING].agg(" ".join, axis=1))[
@@ -98,8 +108,12 @@ def _layer_summary(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
     problems = problems.assign(
         variant=variants(problems),
         setting=problems[SETTING].agg(" ".join, axis=1) if len(problems) else [])
+    profiled = profiled.assign(setting=profiled[SETTING].agg(" ".join, axis=1)
+                               if len(profiled) else [])
     return {"variants": variant_summary(rows), "best": best,
-            "problems": problems[["variant", "setting", "case", "status", "reason"]]}
+            "problems": problems[["variant", "setting", "case", "status", "reason"]],
+            "profile": profiled[["variant", "setting", "case", "median_ms", "profiled_ms",
+                                 "op_calls", "peak_mem_mib", "top_op", "top_share"]]}
 
 
 def _html_body(results: pd.DataFrame, meta: dict[str, Any],
@@ -118,6 +132,9 @@ def _html_body(results: pd.DataFrame, meta: dict[str, Any],
                       html.table(summary["best"])]
         if len(summary["problems"]):
             parts += ["<h3>Failures and skips</h3>", html.table(summary["problems"])]
+        if len(summary["profile"]):
+            parts += ["<h3>Where the time goes (profiled)</h3>", html.table(summary["profile"]),
+                      f'<p class="note">{html.esc(PROFILE_NOTE)}</p>']
         parts += [html.figure(f.path, f"{f.title}. {f.caption}")
                   for f in figures if f.layer == layer]
     table = results[[c for c in TABLE_COLUMNS if c in results.columns]]
@@ -140,6 +157,9 @@ def _markdown(title: str, results: pd.DataFrame, meta: dict[str, Any],
         failed = problems[problems["status"] != "skipped"]
         if len(failed):
             lines += ["**Failures:**", "", md_table(failed), ""]
+        if len(summary["profile"]):
+            lines += ["**Where the time goes (profiled):**", "", md_table(summary["profile"]),
+                      ""]
         if skipped := int((problems["status"] == "skipped").sum()):
             lines += [f"{skipped} case(s) skipped (reasons in report.html).", ""]
         links = [f"[{f.kind}]({f.path.relative_to(run_dir).as_posix()})"

@@ -23,10 +23,10 @@ RESULT_COLUMNS = (
     "status", "reason", "median_ms", "iqr_ms", "min_ms", "mean_ms", "n_samples",
     "calls_per_sample", "compile_s", "flops", "bytes", "gflops", "gbps", "roofline_frac",
     "speedup_vs_builtin", "max_abs_err", "rel_err", "grad_max_abs_err", "grad_rel_err", "rtol",
-    "atol", "peak_mem_bytes", "predicted_s", "predicted_call_s", "threads", "seed",
+    "atol", "peak_mem_bytes", "predicted_s", "predicted_call_s", "op_calls", "threads", "seed",
 )
 # Added after the first runs were written: absent columns load as empty.
-OPTIONAL_COLUMNS = ("predicted_call_s",)
+OPTIONAL_COLUMNS = ("predicted_call_s", "op_calls")
 SAMPLE_COLUMNS = (*KEY_COLUMNS, "sample", "seconds")
 OPS_COLUMNS = (*KEY_COLUMNS, "profiled_case", "op", "calls", "self_cpu_us", "cpu_total_us",
                "self_device_us", "device_total_us", "self_cpu_mem_bytes", "note")
@@ -124,16 +124,28 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
 def load_samples(run_dir: str | Path) -> pd.DataFrame:
     """``samples.csv`` (one row per timing sample, in seconds per call); empty if none."""
     path = Path(run_dir) / "samples.csv"
+    frame = _optional_table(path, SAMPLE_COLUMNS)
+    if len(frame) and not pd.api.types.is_numeric_dtype(frame["seconds"]):
+        raise RunDataError(f"{path}: non-numeric seconds")
+    return frame
+
+
+def load_ops(run_dir: str | Path) -> pd.DataFrame:
+    """``ops.csv`` (operators per profiled case, per call of the case); empty if not profiled."""
+    return _optional_table(Path(run_dir) / "ops.csv", OPS_COLUMNS,
+                           {c: str for c in (*KEY_COLUMNS, "profiled_case", "op", "note")})
+
+
+def _optional_table(path: Path, columns: Sequence[str],
+                    dtype: dict[str, type] | None = None) -> pd.DataFrame:
+    """A CSV a run may lack: empty with ``columns`` when absent; ``RunDataError`` when bad."""
     if not path.is_file() or path.stat().st_size == 0:
-        return pd.DataFrame(columns=list(SAMPLE_COLUMNS))
+        return pd.DataFrame(columns=list(columns))
     try:
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=dtype)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError,
             pd.errors.EmptyDataError) as exc:
         raise RunDataError(f"{path}: unreadable ({exc})") from None
-    missing = [c for c in SAMPLE_COLUMNS if c not in frame.columns]
-    if missing:
+    if missing := [c for c in columns if c not in frame.columns]:
         raise RunDataError(f"{path}: missing column(s) {', '.join(missing)}")
-    if len(frame) and not pd.api.types.is_numeric_dtype(frame["seconds"]):
-        raise RunDataError(f"{path}: non-numeric seconds")
     return frame

@@ -1,23 +1,76 @@
 """Profiling: one case under ``torch.profiler``, in a pass separate from the timing.
 
-Traces go through ``tensorboard_trace_handler`` (TensorBoard's torch-tb-profiler reads them; they
-are Chrome-trace JSON, so Perfetto and chrome://tracing open them too), and the key averages
-become rows of ``ops.csv``.
+The profiler runs a schedule of ``wait`` calls (not recorded), ``warmup`` calls (recorded, then
+dropped: the profiler's own start-up cost lands there) and ``active`` calls, with shapes and
+memory recorded (and Python stacks on request). What comes out, per case:
+
+- a trace in the layout of ``tensorboard_trace_handler`` (``<dir>/<worker>.<ns>.pt.trace.json``;
+  TensorBoard's torch-tb-profiler reads it), copied to a plain Chrome-trace JSON that Perfetto
+  (https://ui.perfetto.dev) and chrome://tracing open;
+- every operator with its calls and self/total times **per call of the case** (averaged over the
+  active calls): the rows of ``ops.csv``;
+- ``op_calls``: operators launched directly by the implementation per call (top-level operators:
+  the five-loop conv launches hundreds of thousands, ``F.conv2d`` one);
+- ``peak_mem_bytes``: the most memory the call held at once beyond what existed before it
+  (the running sum of the profiler's allocation events on the case's device), and the
+  allocation timeline of one call.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
+import socket
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, schedule
 
 if TYPE_CHECKING:
     from suites.cases import Case
 
-TOP_OPS = 30  # rows kept per case, by self time
+STEP_PREFIX = "ProfilerStep"
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """The profiler's schedule and options (``active`` calls are recorded and averaged)."""
+
+    wait: int = 1
+    warmup: int = 1
+    active: int = 3
+    with_stack: bool = False
+
+    def __post_init__(self) -> None:
+        if self.wait < 0 or self.warmup < 0 or self.active < 1:
+            raise ValueError(f"profiler schedule needs wait >= 0, warmup >= 0 and active >= 1 "
+                             f"(got {self.wait}, {self.warmup}, {self.active})")
+
+    @property
+    def calls(self) -> int:
+        return self.wait + self.warmup + self.active
+
+
+# Naive loops: one call can take seconds, and the profiler multiplies that. Record one call,
+# after one unrecorded warm-up call.
+NAIVE_SETTINGS = ProfileSettings(wait=0, warmup=1, active=1)
+
+
+@dataclass
+class CaseProfile:
+    """What one profiled case gives (see the module docstring)."""
+
+    ops: list[dict[str, Any]]
+    op_calls: float
+    peak_mem_bytes: float
+    memory: list[tuple[float, float]] = field(repr=False)  # (ms into the call, bytes held)
+    trace: Path | None = None  # the TensorBoard trace file
+    chrome_trace: Path | None = None  # the same trace under a plain name
+    table: str = field(default="", repr=False)  # torch's key-averages table, by self time
 
 
 def trace_name(case: Case) -> str:
@@ -27,30 +80,88 @@ def trace_name(case: Case) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", raw)
 
 
-def profile_case(step: Callable[[], Any], case: Case, profiled_label: str,
-                 trace_dir: Path) -> list[dict[str, Any]]:
-    """Profile ``step`` (wait 1, warm-up 1, active 1 call); return the top operators as rows."""
-    activities = [ProfilerActivity.CPU]
-    if case.device.startswith("cuda"):
-        activities.append(ProfilerActivity.CUDA)
+def ops_key(case: Case, profiled_label: str) -> dict[str, str]:
+    """The case's key columns of an ``ops.csv`` row."""
+    return {"layer": case.layer, "impl": case.impl, "compile": case.compile,
+            "device": case.device, "dtype": case.dtype, "mode": case.mode, "case": case.label,
+            "profiled_case": profiled_label}
+
+
+def profile_case(step: Callable[[], Any], case: Case, profiled_label: str, trace_dir: Path,
+                 settings: ProfileSettings = ProfileSettings(),
+                 chrome_trace: Path | None = None) -> CaseProfile:
+    """Profile ``step`` (``settings.calls`` calls) and write its trace under ``trace_dir``.
+
+    ``profiled_label`` names the size actually profiled (the ``profiled_case`` column);
+    ``chrome_trace``, when given, receives a copy of the trace under that name.
+    """
+    cuda = case.device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     trace_dir.mkdir(parents=True, exist_ok=True)
-    with profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=1, repeat=1),
-                 on_trace_ready=tensorboard_trace_handler(str(trace_dir),
-                                                          worker_name=trace_name(case)),
-                 record_shapes=True, profile_memory=True) as prof:
-        for _ in range(3):
+    written: list[Path] = []
+
+    def save(prof: Any) -> None:  # tensorboard_trace_handler's layout, with the path kept
+        worker = f"{socket.gethostname()}_{trace_name(case)}"
+        path = trace_dir / f"{worker}.{time.time_ns()}.pt.trace.json"
+        prof.export_chrome_trace(str(path))
+        written.append(path)
+
+    with profile(activities=activities,
+                 schedule=schedule(wait=settings.wait, warmup=settings.warmup,
+                                   active=settings.active, repeat=1),
+                 on_trace_ready=save, record_shapes=True, profile_memory=True,
+                 with_stack=settings.with_stack) as prof:
+        for _ in range(settings.calls):
             step()
             prof.step()
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total
-                    + _device_time(e, "self"), reverse=True)
-    return [{
-        "layer": case.layer, "impl": case.impl, "compile": case.compile, "device": case.device,
-        "dtype": case.dtype, "mode": case.mode, "case": case.label,
-        "profiled_case": profiled_label, "op": e.key, "calls": e.count,
-        "self_cpu_us": e.self_cpu_time_total, "cpu_total_us": e.cpu_time_total,
-        "self_device_us": _device_time(e, "self"), "device_total_us": _device_time(e, "total"),
-        "self_cpu_mem_bytes": e.self_cpu_memory_usage,
-    } for e in events[:TOP_OPS]]
+    trace = written[0] if written else None
+    if trace is not None and chrome_trace is not None:
+        chrome_trace.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(trace, chrome_trace)
+    steps = max(settings.active, 1)
+    key = ops_key(case, profiled_label)
+    averages = [e for e in prof.key_averages() if not e.key.startswith(STEP_PREFIX)]
+    averages.sort(key=lambda e: e.self_cpu_time_total + _device_time(e, "self"), reverse=True)
+    ops = [{**key, "op": e.key, "calls": e.count / steps,
+            "self_cpu_us": e.self_cpu_time_total / steps,
+            "cpu_total_us": e.cpu_time_total / steps,
+            "self_device_us": _device_time(e, "self") / steps,
+            "device_total_us": _device_time(e, "total") / steps,
+            "self_cpu_mem_bytes": e.self_cpu_memory_usage / steps} for e in averages]
+    top_level = sum(1 for e in prof.events()
+                    if e.cpu_parent is not None and e.cpu_parent.name.startswith(STEP_PREFIX))
+    peak, timeline = memory_use(prof, DeviceType.CUDA if cuda else DeviceType.CPU)
+    return CaseProfile(ops=ops, op_calls=top_level / steps, peak_mem_bytes=peak,
+                       memory=timeline, trace=trace,
+                       chrome_trace=chrome_trace if trace is not None else None,
+                       table=prof.key_averages().table(sort_by="self_cpu_time_total",
+                                                       row_limit=20))
+
+
+def memory_use(prof: Any, device_type: DeviceType) -> tuple[float, list[tuple[float, float]]]:
+    """Peak bytes held beyond the start of a call, over the recorded calls; the first call's
+    allocation timeline as (ms since the call started, bytes held).
+
+    Built from the profiler's ``[memory]`` events (``profile_memory=True``): each is one
+    allocation (positive bytes) or free (negative) on a device; their running sum inside a
+    ``ProfilerStep`` is what the call holds on top of what existed before it.
+    """
+    events = list(prof.profiler.kineto_results.events())
+    steps = sorted((e.start_ns(), e.start_ns() + e.duration_ns()) for e in events
+                   if e.name().startswith(STEP_PREFIX))
+    allocations = sorted((e.start_ns(), e.nbytes()) for e in events
+                         if e.name() == "[memory]" and e.device_type() == device_type)
+    peak, timeline = 0.0, []
+    for i, (start, end) in enumerate(steps):
+        held, timeline_i = 0.0, [(0.0, 0.0)]
+        for t, nbytes in allocations:
+            if start <= t <= end:
+                held += nbytes
+                peak = max(peak, held)
+                timeline_i.append(((t - start) / 1e6, held))
+        if i == 0:
+            timeline = [*timeline_i, ((end - start) / 1e6, held)]
+    return peak, timeline
 
 
 def _device_time(event: Any, kind: str) -> float:

@@ -28,7 +28,14 @@ from suites.config import BenchConfig
 from suites.correctness import TOLERANCES, bind, check, make_trial, tolerance_key
 from suites.environment import dtype_problem, tf32_flags
 from suites.isolation import Lost, executor
-from suites.profiling import profile_case, trace_name
+from suites.profiling import (
+    NAIVE_SETTINGS,
+    CaseProfile,
+    ProfileSettings,
+    ops_key,
+    profile_case,
+    trace_name,
+)
 from suites.timing import Samples, cuda_peak_memory, measure, synchronize
 
 NAN = float("nan")
@@ -56,6 +63,7 @@ class CaseResult:
     predicted_s: float = NAN
     predicted_call_s: float = NAN
     roofline_frac: float = NAN
+    op_calls: float = NAN
     threads: int = 0
     seed: int = 0
     ops: list[dict[str, Any]] = field(default_factory=list)
@@ -88,7 +96,7 @@ class CaseResult:
             "grad_max_abs_err": self.grad_max_abs_err, "grad_rel_err": self.grad_rel_err,
             "rtol": self.rtol, "atol": self.atol,
             "peak_mem_bytes": self.peak_mem_bytes, "predicted_s": self.predicted_s,
-            "predicted_call_s": self.predicted_call_s,
+            "predicted_call_s": self.predicted_call_s, "op_calls": self.op_calls,
             "threads": self.threads, "seed": self.seed,
         }
 
@@ -149,7 +157,17 @@ def execute_case(case: Case, config: BenchConfig, profile_root: Path | None) -> 
     """One case, all of it: check, time and (with ``config.profile``) profile."""
     result = run_case(case, config)
     if config.profile and profile_root is not None and result.status in ("ok", "incorrect"):
-        result.ops = _profile(case, config, profile_root / trace_name(case))
+        name = trace_name(case)
+        try:
+            found = profile_one(case, config.seed, profile_root / name,
+                                chrome_trace=profile_root / name / "trace.json")
+        except Exception as exc:  # a profiler failure must not lose the timing row
+            result.ops = [{**ops_key(case, case.label), "op": "<profiler failed>",
+                           "note": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}]
+        else:
+            result.ops, result.op_calls = found.ops, found.op_calls
+            if not case.device.startswith("cuda"):  # CUDA: max_memory_allocated, timing pass
+                result.peak_mem_bytes = found.peak_mem_bytes
     return result
 
 
@@ -216,18 +234,20 @@ def _measure_case(case: Case, config: BenchConfig, result: CaseResult) -> None:
         result.peak_mem_bytes = cuda_peak_memory(step)
 
 
-def _profile(case: Case, config: BenchConfig, trace_dir: Path) -> list[dict[str, Any]]:
-    """A separate profiler pass (never part of the timing); naive loops at calibration size."""
+def profile_one(case: Case, seed: int, trace_dir: Path,
+                settings: ProfileSettings | None = None,
+                chrome_trace: Path | None = None) -> CaseProfile:
+    """``case`` under the profiler, in a pass of its own (never part of the timing).
+
+    Naive loops get ``NAIVE_SETTINGS`` unless ``settings`` says otherwise: one recorded call.
+    """
     layer, impl = REGISTRY.layer(case.layer), REGISTRY.impl(case.layer, case.impl)
-    params = layer.calibration_params(case.size) if impl.naive else case.size
-    trial = make_trial(layer, params, config.seed, DTYPE_NAMES[case.dtype], case.device,
-                       case.mode)
+    settings = settings or (NAIVE_SETTINGS if impl.naive else ProfileSettings())
+    trial = make_trial(layer, case.size, seed, DTYPE_NAMES[case.dtype], case.device, case.mode)
     try:
         with torch.set_grad_enabled(case.mode != "fwd"), _on_device(case.device):
             step = bind(compiled(impl.fn, case.compile), trial)
-            return profile_case(step, case, layer.label(params), trace_dir)
-    except Exception as exc:  # a profiler failure must not lose the timing row
-        return [{"op": "<profiler failed>", "note": f"{type(exc).__name__}: {exc}"}]
+            return profile_case(step, case, case.label, trace_dir, settings, chrome_trace)
     finally:
         _release_memory(case.device)
 

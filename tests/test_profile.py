@@ -1,0 +1,207 @@
+"""Profiling: ``python cli.py profile``, ``bench --profile`` and what they write and draw.
+
+The operator counts and memory figures are checked against what the implementations must do
+at a tiny conv size (the loops launch at least one operator per output element; im2col holds
+its column matrix and its output at once), and TensorBoard's profiler plugin must list the
+traces a run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from reports.analysis import OTHER_OPS, op_shares, profile_table
+from reports.schema import OPS_COLUMNS, load_ops, load_run
+from suites.profiling import ProfileSettings, memory_use
+from tests._cli import Jobs, describe, one_line_error, read_csv
+
+N, C_IN, C_OUT, H, W, K = 2, 1, 4, 8, 8, 3
+TINY = f"N={N},C_in={C_IN},C_out={C_OUT},H={H},W={W},k={K},stride=1,padding=0"
+H_OUT = W_OUT = H - K + 1
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        jobs = Jobs(tmp_path_factory.mktemp("profile"), pool)
+        jobs.add("bench", "bench", "conv", "--profile", "--impl", "builtin,loops,im2col",
+                 "--size", TINY, "--min-time", "0.05", "--trials", "1", "--out", "{out}",
+                 "--quiet")
+        for impl in ("im2col", "loops", "builtin"):
+            jobs.add(impl, "profile", "conv", "--impl", impl, "--size", TINY, "--out", "{out}")
+        jobs.add("unknown-impl", "profile", "conv", "--impl", "nope")
+        jobs.add("over-budget", "profile", "conv", "--impl", "loops", "--size", "N=64",
+                 "--budget", "0.01")
+        jobs.add("bad-schedule", "profile", "conv", "--impl", "im2col", "--active", "0")
+        jobs.add("bad-size", "profile", "conv", "--impl", "im2col", "--size", "N=x")
+        yield jobs
+
+
+def _meta(jobs: Jobs, name: str) -> dict:
+    proc = jobs[name].proc
+    assert proc.returncode == 0, describe(proc)
+    return json.loads((jobs[name].run_dir / "meta.json").read_text(encoding="utf-8"))
+
+
+def test_profile_writes_traces_ops_and_figures(jobs: Jobs) -> None:
+    proc, run_dir = jobs["im2col"].proc, jobs["im2col"].run_dir
+    assert proc.returncode == 0, describe(proc)
+    assert "top operators by self time" in proc.stdout
+    assert f"tensorboard --logdir {run_dir / 'tb'}" in proc.stdout
+    # the Chrome trace (Perfetto, chrome://tracing) and the TensorBoard one: same events
+    chrome = json.loads((run_dir / "trace.json").read_text(encoding="utf-8"))
+    names = {e.get("name") for e in chrome["traceEvents"]}
+    assert "aten::im2col" in names
+    (tb_trace,) = (run_dir / "tb").glob("*/*.pt.trace.json")
+    assert json.loads(tb_trace.read_text(encoding="utf-8"))["traceEvents"]
+    header, rows = read_csv(run_dir / "ops.csv")
+    assert header == list(OPS_COLUMNS)
+    by_op = {r["op"]: r for r in rows}
+    assert float(by_op["aten::im2col"]["calls"]) == 1.0  # per call of the case, not in all
+    assert all(r["case"] == r["profiled_case"] for r in rows)
+    for figure in ("breakdown.png", "memory.png"):
+        assert (run_dir / figure).read_bytes().startswith(PNG)
+
+
+def test_profile_peak_memory_holds_the_column_matrix(jobs: Jobs) -> None:
+    meta = _meta(jobs, "im2col")
+    cols = N * C_IN * K * K * H_OUT * W_OUT * 4  # float32 column matrix of F.unfold
+    out = N * C_OUT * H_OUT * W_OUT * 4
+    assert meta["peak_mem_bytes"] >= cols + out  # the GEMM's output while the columns live
+    assert meta["peak_mem_bytes"] < 20 * (cols + out)
+
+
+def test_profile_counts_one_operator_per_multiply_add_for_the_loops(jobs: Jobs) -> None:
+    loops, builtin = _meta(jobs, "loops"), _meta(jobs, "builtin")
+    assert builtin["op_calls"] <= 3
+    assert loops["op_calls"] >= N * C_OUT * H_OUT * W_OUT  # one or more per output element
+    assert loops["profile"]["active"] == 1  # naive loops: one recorded call
+
+
+def test_bench_profile_fills_columns_and_draws_the_figures(jobs: Jobs) -> None:
+    proc, run_dir = jobs["bench"].proc, jobs["bench"].run_dir
+    assert proc.returncode == 0, describe(proc)
+    results, _ = load_run(run_dir)
+    assert set(results["status"]) == {"ok"}
+    calls = dict(zip(results["impl"], results["op_calls"], strict=True))
+    assert calls["loops"] > 50 * calls["builtin"]
+    assert (results["peak_mem_bytes"] > 0).all()
+    ops = load_ops(run_dir)
+    assert set(ops["impl"]) == {"builtin", "loops", "im2col"}
+    for kind in ("ops", "op_calls", "memory"):
+        assert (run_dir / "plots" / f"conv_{kind}.png").read_bytes().startswith(PNG)
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "Where the time goes" in html and "conv: where the time goes" in html
+    # the timing pass is untouched by profiling: one timed row per case, samples present
+    assert (results["n_samples"] > 0).all()
+
+
+@pytest.mark.parametrize("name", ["unknown-impl", "over-budget", "bad-schedule", "bad-size"])
+def test_profile_bad_input_exits_2_with_one_line(jobs: Jobs, name: str) -> None:
+    line = one_line_error(jobs[name].proc)
+    if name == "over-budget":
+        assert "--budget" in line and "smaller --size" in line
+
+
+def test_memory_use_sees_an_allocation_and_its_release() -> None:
+    from torch.profiler import profile, schedule
+
+    nbytes = 3 * 2**20
+
+    def step() -> float:
+        block = torch.ones(nbytes, dtype=torch.uint8)
+        return float(block[0])
+
+    with profile(schedule=schedule(wait=0, warmup=1, active=2, repeat=1),
+                 profile_memory=True) as prof:
+        for _ in range(ProfileSettings(wait=0, warmup=1, active=2).calls):
+            step()
+            prof.step()
+    peak, timeline = memory_use(prof, torch.autograd.DeviceType.CPU)
+    assert nbytes <= peak < nbytes + 2**16
+    held = [b for _, b in timeline]
+    assert max(held) == pytest.approx(peak, rel=0.05) and held[-1] == 0  # freed by the end
+
+
+def test_op_shares_split_each_case_into_top_operators_and_other() -> None:
+    key = {"layer": "conv", "compile": "none", "device": "cpu", "dtype": "float32",
+           "mode": "fwd", "case": "c"}
+    ops = pd.DataFrame([
+        {**key, "impl": "a", "op": "x", "self_cpu_us": 60.0, "self_device_us": 0.0},
+        {**key, "impl": "a", "op": "y", "self_cpu_us": 30.0, "self_device_us": 0.0},
+        {**key, "impl": "a", "op": "z", "self_cpu_us": 10.0, "self_device_us": 0.0},
+        {**key, "impl": "b", "op": "x", "self_cpu_us": 5.0, "self_device_us": 0.0},
+        {**key, "impl": "b", "op": "w", "self_cpu_us": 5.0, "self_device_us": 0.0},
+    ])
+    # top operators: the largest share in any case (x 60%, w 50%; not y 30%, z 10%)
+    shares = op_shares(ops, top=2)
+    a = shares[shares["impl"] == "a"].set_index("op")["share"]
+    assert a.to_dict() == pytest.approx({"x": 0.6, OTHER_OPS: 0.4})
+    b = shares[shares["impl"] == "b"].set_index("op")["share"]
+    assert b.to_dict() == pytest.approx({"x": 0.5, "w": 0.5})
+    results = pd.DataFrame([{**key, "impl": i, "op_calls": c, "peak_mem_bytes": 2**20,
+                             "median_ms": 0.1} for i, c in (("a", 3), ("b", 1))])
+    table = profile_table(results, ops).set_index("impl")
+    assert table.loc["a", "top_op"] == "x" and table.loc["a", "top_share"] == pytest.approx(0.6)
+    assert table.loc["a", "profiled_ms"] == pytest.approx(0.1)
+    assert table.loc["b", "top_share"] == pytest.approx(0.5)
+    assert table.loc["b", "peak_mem_mib"] == 1.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.tensorboard
+def test_tensorboard_profiler_plugin_lists_the_runs(jobs: Jobs, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    pytest.importorskip("torch_tb_profiler", reason="torch-tb-profiler is not installed")
+    logdir = jobs["bench"].run_dir / "profile"
+    expected = {p.name for p in logdir.iterdir() if p.is_dir()}
+    assert len(expected) == 3
+    port = _free_port()
+    log = (tmp_path / "tensorboard.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir",
+                               str(logdir), "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/data/plugin/pytorch_profiler/runs"
+    listed: dict = {}
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                pytest.skip(f"TensorBoard could not start: "
+                            f"{(tmp_path / 'tensorboard.log').read_text()[-500:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    listed = json.loads(response.read())
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                listed = {}
+            if listed and not listed.get("loading") and set(listed["runs"]) >= expected:
+                break
+            time.sleep(0.5)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+    assert set(listed.get("runs", [])) == expected, listed
+
