@@ -645,15 +645,13 @@ def _check(baseline: Path, layers: tuple[str, ...], basis: str, threshold: float
            remeasure: int, out: Path, quiet: bool) -> int:
     """Measure the baseline's cases now; compare; re-measure flags; write the verdict."""
     from reports.check import (
-        combine,
         confirm,
         flagged,
+        gate,
         load_noise,
-        restrict,
         same_machine_kind,
         summary_line,
     )
-    from reports.compare import compare_runs
     from reports.compare_report import write_comparison
 
     try:
@@ -673,20 +671,13 @@ def _check(baseline: Path, layers: tuple[str, ...], basis: str, threshold: float
 
     _, now = load_run(current)
     both = basis == "auto" and same_machine_kind(meta, now)
-    bases = ("relative", "absolute") if both else ("relative" if basis == "auto" else basis,)
 
     def compare(run_dir: Path) -> Any:
-        # On one kind of machine the threshold comes from the noise in seconds; relative to
-        # the builtin the plain threshold only guards against machine-wide drift (widening it
-        # by the builtin's own noise too would hide real slowdowns of cases that move little).
         try:
-            found = [restrict(compare_runs([baseline, run_dir], b, threshold, alpha,
-                                           None if both and b == "relative"
-                                           else load_noise(baseline, b)), config.layers)
-                     for b in bases]
+            return gate(baseline, run_dir, basis if basis != "auto" else
+                        ("both" if both else "relative"), threshold, alpha, config.layers)
         except RunDataError as exc:
             raise InputError(str(exc)) from None
-        return combine(*found) if both else found[0]
 
     comparison = compare(current)
     suspects = set(flagged(comparison))

@@ -3,8 +3,9 @@
 A baseline is a run directory (``results.csv``, ``samples.csv``, ``meta.json``) plus
 ``noise.csv``: for every case, how much its median moved between repeated runs of unchanged code
 (A/A), as the standard deviation of the log medians, in seconds and relative to the same run's
-eager builtin. ``check`` widens each case's threshold to 3x that noise, and a case flagged slower
-must be slower again in every re-measurement, or it is reported ``suspicious``, not failed.
+eager builtin. ``check`` widens each case's threshold to 3x that noise (``gate``), and a case
+flagged slower must be slower again in every re-measurement, or it is reported ``suspicious``,
+not failed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reports.compare import Comparison
+from reports.compare import Comparison, compare_runs
 from reports.schema import KEY_COLUMNS, RunDataError, load_run
 
 NOISE_FILE = "noise.csv"
@@ -116,6 +117,24 @@ def combine(relative: Comparison, absolute: Comparison) -> Comparison:
     frame["regression"] = frame["regression"].astype(bool)
     return replace(relative, frame=frame, basis="relative and absolute",
                    regressions=int(frame["regression"].sum()))
+
+
+def gate(baseline: Path, run_dir: Path, basis: str, threshold: float, alpha: float,
+         layers: tuple[str, ...]) -> Comparison:
+    """The gate's verdict on ``run_dir`` against ``baseline`` for ``layers``, before any
+    re-measurement; ``RunDataError`` on unusable input.
+
+    ``basis`` ``relative`` or ``absolute``: that basis, each case's threshold widened to 3x its
+    baseline noise. ``both`` (one kind of machine): slower in seconds beyond 3x the noise in
+    seconds, **and** slower relative to the builtin by the plain threshold: a drift guard, not
+    widened by the builtin's own noise, which would hide real slowdowns of steady cases.
+    """
+    def one(b: str, noise: Mapping[tuple[str, ...], float] | None) -> Comparison:
+        return restrict(compare_runs([baseline, run_dir], b, threshold, alpha, noise), layers)
+
+    if basis == "both":
+        return combine(one("relative", None), one("absolute", load_noise(baseline, "absolute")))
+    return one(basis, load_noise(baseline, basis))
 
 
 def flagged(comparison: Comparison) -> list[tuple[str, ...]]:

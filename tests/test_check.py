@@ -15,6 +15,7 @@ from reports.check import (
     case_noise,
     combine,
     confirm,
+    gate,
     load_noise,
     restrict,
     same_machine_kind,
@@ -103,6 +104,30 @@ def test_slower_needs_both_bases_on_one_kind_of_machine(tmp_path: Path) -> None:
         assert row["verdict"] == expected, row["note"]
         assert both.regressions == (expected == "slower")
     assert same_machine_kind(load_run(base)[1], load_run(quick_builtin)[1])
+
+
+def test_gate_widens_by_the_noise_in_seconds_and_guards_drift_plainly(tmp_path: Path) -> None:
+    """On one kind of machine a steady implementation 1.3x slower in seconds fails even when
+    its time relative to a jumpy builtin moved a lot between A/A runs; relative-only, that
+    relative noise hides it."""
+    base = _pair(tmp_path, "base", 1.0)
+    slow = _pair(tmp_path, "slow", 1.3)
+    pd.DataFrame([{"layer": "conv", "impl": "im2col", "compile": "none", "device": "cpu",
+                   "dtype": "float32", "mode": "fwd", "case": "N1", "repeats": 5,
+                   "noise_abs": 0.02, "noise_rel": 0.15}]).to_csv(base / "noise.csv",
+                                                                   index=False)
+    both = gate(base, slow, "both", 0.10, 0.01, ("conv", "pool"))
+    row = both.frame.set_index("impl").loc["im2col"]
+    assert row["verdict"] == "slower" and both.regressions == 1, row["note"]
+    assert row["threshold_used"] == pytest.approx(0.10)  # the drift guard: not widened
+    relative = gate(base, slow, "relative", 0.10, 0.01, ("conv", "pool"))
+    assert relative.regressions == 0  # bar 1 + 3 x 0.15
+    # a machine-wide slowdown (the builtin too) moves only the seconds: no regression
+    everything = fake_run(tmp_path / "all", [
+        FakeCase("builtin", seconds=noisy(1.3e-3, n=40, seed=7)),
+        FakeCase("im2col", seconds=noisy(2.6e-3, n=40, seed=8)),
+        FakeCase("builtin", layer="pool", seconds=noisy(1.3e-3, n=40, seed=9))])
+    assert gate(base, everything, "both", 0.10, 0.01, ("conv", "pool")).regressions == 0
 
 
 def test_restrict_keeps_the_checked_layers(tmp_path: Path) -> None:
