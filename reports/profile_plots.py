@@ -120,13 +120,21 @@ def _stacked_bars(ax: Any, data: pd.DataFrame, colors: dict[str, str],
                         edgecolor="white", linewidth=0.5)
                 left += share
         n = calls.get((impl, mode), float("nan"))
-        names.append(f"{variant(impl, mode)}\n{float(mine['us'].sum()) / 1e3:.3g} ms"
+        names.append(f"{variant(impl, mode)}\n{_duration(float(mine['us'].sum()) / 1e6)}"
                      + (f" · {n:,.0f} ops" if np.isfinite(n) else ""))
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names, fontsize=7.5)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter(_percent())
+
+
+def _duration(seconds: float) -> str:
+    """``0.0000507`` -> ``50.7 us``, ``1.65`` -> ``1.65 s``: never scientific notation."""
+    for unit, scale in (("us", 1e-6), ("ms", 1e-3)):
+        if seconds < 1000 * scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds:.3g} s"
 
 
 def _percent() -> Any:

@@ -18,7 +18,7 @@ from reports.markdown import definitions, md_table
 from reports.meta import environment_rows
 from reports.schema import STATUSES, load_ops, load_run
 from reports.stats import geomean
-from reports.style import variant, variants
+from reports.style import impl_order, variant, variants
 
 TABLE_COLUMNS = ["layer", "impl", "compile", "device", "dtype", "mode", "case", "status",
                  "median_ms", "iqr_ms", "n_samples", "gflops", "gbps", "roofline_frac",
@@ -110,6 +110,12 @@ def _layer_summary(rows: pd.DataFrame, profiled: pd.DataFrame) -> dict[str, pd.D
         setting=problems[SETTING].agg(" ".join, axis=1) if len(problems) else [])
     profiled = profiled.assign(setting=profiled[SETTING].agg(" ".join, axis=1)
                                if len(profiled) else [])
+    if len(profiled):  # the notes' order of techniques, then smallest size first
+        rank = {impl: i for i, impl in enumerate(impl_order(profiled["impl"]))}
+        flops = rows.groupby("case")["flops"].min()
+        profiled = profiled.assign(_i=profiled["impl"].map(rank),
+                                   _f=profiled["case"].map(flops)).sort_values(
+            ["setting", "_i", "compile", "_f"], kind="stable")
     return {"variants": variant_summary(rows), "best": best,
             "problems": problems[["variant", "setting", "case", "status", "reason"]],
             "profile": profiled[["variant", "setting", "case", "median_ms", "profiled_ms",
