@@ -12,7 +12,7 @@ dropout off. A masked score is -1e9, not -inf: a row whose keys are all masked g
 average of every value, where ``F.scaled_dot_product_attention`` gives zeros (NaN on some
 backends). -1e9 does not fit in float16, so the notes' own code (``matmul``) raises there with a
 mask; ``loops`` and ``einsum`` fill with float16's lowest finite value instead (the same
-weights), and ``blockwise`` computes half-precision inputs in float32.
+weights), and ``blockwise`` and ``flash`` compute half-precision inputs in float32.
 """
 
 from __future__ import annotations
@@ -346,6 +346,6 @@ class ScaledDotProductAttention(nn.Module):
 
 
 __all__ = ["LAYER", "MASK_FILL", "ScaledDotProductAttention", "attention_blockwise",
-           "attention_builtin", "attention_einsum", "attention_loops", "attention_matmul",
-           "attention_sdpa_cudnn", "attention_sdpa_efficient", "attention_sdpa_flash",
-           "attention_sdpa_math", "make_mask", "mask_fill_value"]
+           "attention_builtin", "attention_einsum", "attention_loops",
+           "attention_matmul", "attention_sdpa_cudnn", "attention_sdpa_efficient",
+           "attention_sdpa_flash", "attention_sdpa_math", "make_mask", "mask_fill_value"]

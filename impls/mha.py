@@ -1,4 +1,4 @@
-"""Multi-head attention: the notes' MultiHeadAttention (post-norm), four ways.
+"""Multi-head attention: the notes' MultiHeadAttention (post-norm), five ways.
 
 Every implementation takes ``q (N, len_q, d_model)``, ``k`` and ``v (N, len_k, d_model)``, a
 boolean ``mask`` (True = may attend) of shape ``(N, len_q, len_k)``, ``(N, 1, len_k)`` or
@@ -195,6 +195,59 @@ def mha_einsum(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, w_qs: Tenso
     return F.layer_norm(out, out.shape[-1:], ln_weight, ln_bias, eps=LN_EPS), attn
 
 
+@register_impl("mha", "fused")
+def mha_fused(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, w_qs: Tensor, w_ks: Tensor,
+              w_vs: Tensor, fc: Tensor, ln_weight: Tensor, ln_bias: Tensor, n_head: int,
+              d_k: int, d_v: int) -> tuple[Tensor, Tensor]:
+    """The notes' forward with every pass it can spare folded into a GEMM or done in place.
+
+    1 / temperature is the alpha of the q k^T GEMM (no pass over q); the mask is an added
+    0 / -1e9 bias (several times faster than masked_fill on the CPU); without
+    autograd the softmax runs in place in the weights it returns; the residual is the beta
+    term of the fc GEMM (addmm), then F.layer_norm. Half precision computes the attention in
+    float32 (-1e9 fits, a sum of exps does not overflow) and rounds the weights once. A row
+    that sees no key gets uniform weights, as the notes' -1e9 fill gives.
+    """
+    N, len_q, d_model = q.shape
+    len_k, dtype = k.shape[1], q.dtype
+    acc_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    B = N * n_head
+    # (N * h, len, d) for the batched GEMMs: a copy where N > 1, a strided view where N == 1
+    q_h = F.linear(q, w_qs).view(N, len_q, n_head, d_k).transpose(1, 2)  # (N, h, len_q, d_k)
+    q_h = q_h.reshape(B, len_q, d_k).to(acc_dtype)
+    k_h = F.linear(k, w_ks).view(N, len_k, n_head, d_k).transpose(1, 2)  # (N, h, len_k, d_k)
+    k_h = k_h.reshape(B, len_k, d_k).to(acc_dtype)
+    v_h = F.linear(v, w_vs).view(N, len_k, n_head, d_v).transpose(1, 2)  # (N, h, len_k, d_v)
+    v_h = v_h.reshape(B, len_k, d_v).to(acc_dtype)
+    scores = torch.baddbmm(q_h.new_zeros(()), q_h, k_h.transpose(1, 2), beta=0,
+                           alpha=d_k ** -0.5)  # (N * h, len_q, len_k)
+    attn = scores.view(N, n_head, len_q, len_k)
+    sees = None
+    if mask is not None:
+        visible = mask if mask.dtype == torch.bool else mask != 0
+        visible = visible.reshape((1,) * (3 - visible.dim()) + tuple(visible.shape))
+        # (N|1, 1, len_q|1, len_k): -1e9 plus a score has an exp of exactly 0, as -1e9 has
+        attn.add_(q_h.new_zeros(visible.shape).masked_fill_(~visible, MASK_FILL).unsqueeze(1))
+        sees = visible.any(-1, keepdim=True).unsqueeze(1)  # (N|1, 1, len_q|1, 1)
+        sees = None if bool(sees.all()) else sees
+    # out of place for autograd, and under torch.compile (which plans its own buffers, and
+    # whose inductor fails on this in-place softmax into a view)
+    if (torch.is_grad_enabled() and scores.requires_grad) or torch.compiler.is_compiling():
+        attn = torch.softmax(attn, -1)
+        if sees is not None:  # rows with every key masked: uniform, as the notes' -1e9 fill
+            attn = torch.where(sees, attn, 1.0 / len_k)
+    else:
+        torch.softmax(attn, -1, out=attn)  # in place: the scores become the weights
+        if sees is not None:
+            attn.masked_fill_(~sees, 1.0 / len_k)
+    heads = torch.bmm(attn.view(B, len_q, len_k), v_h).to(dtype)  # (N * h, len_q, d_v)
+    # head-major concatenation, as the notes' view(sz_b, len_q, n_head * d_v)
+    heads = heads.view(N, n_head, len_q, d_v).transpose(1, 2).reshape(N * len_q, -1)
+    out = torch.addmm(q.reshape(N * len_q, d_model), heads, fc.t())  # (N * len_q, d_model)
+    out = F.layer_norm(out.view(N, len_q, d_model), (d_model,), ln_weight, ln_bias, eps=LN_EPS)
+    return out, attn.to(dtype)  # attn: (N, h, len_q, len_k)
+
+
 def builtin_masks(mask: Tensor | None, N: int, n_head: int, len_q: int,
                   len_k: int) -> tuple[Tensor | None, Tensor | None]:
     """Our mask (True = may attend) as nn.MultiheadAttention's (True = may NOT attend).
@@ -259,7 +312,8 @@ class MultiHeadAttention(nn.Module):
     ``dropout=0`` is fully deterministic.
 
     Args:
-        impl: a registered mha implementation (``loops``, ``batched``, ``einsum``, ``builtin``).
+        impl: a registered mha implementation (``loops``, ``batched``, ``einsum``, ``fused``,
+            ``builtin``).
     """
 
     def __init__(self, n_head: int, d_model: int, d_k: int, d_v: int, dropout: float = 0.1,
@@ -307,4 +361,4 @@ class MultiHeadAttention(nn.Module):
 
 
 __all__ = ["LAYER", "LN_EPS", "MultiHeadAttention", "builtin_masks", "mha_batched",
-           "mha_builtin", "mha_einsum", "mha_loops"]
+           "mha_builtin", "mha_einsum", "mha_fused", "mha_loops"]
