@@ -141,6 +141,25 @@ def summarise(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def detection(rows: list[dict[str, object]]) -> str:
+    """Markdown: per planted slowdown and size of the planted implementation, the ratios
+    measured and how many tries confirmed it slower."""
+    lines = ["| planted | case | ratio now/baseline (first measurement), min-max | confirmed "
+             "slower |", "|---|---|---|---|"]
+    for kind in PLANTS:
+        seen: dict[str, list[tuple[float, bool]]] = {}
+        tries = [r for r in rows if r["kind"] == kind]
+        for row in tries:
+            for item in filter(None, str(row["planted_ratios"]).split("; ")):
+                case, ratio, verdict = item.split(" ")[:3]
+                seen.setdefault(case, []).append((float(ratio[1:]), verdict == "slower"))
+        for case, found in seen.items():
+            ratios = [r for r, _ in found]
+            lines.append(f"| {kind} | {case} | x{min(ratios):.2f}-x{max(ratios):.2f} | "
+                         f"{sum(s for _, s in found)} of {len(tries)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", type=Path, default=ROOT / ".ci" / "baseline")
@@ -151,7 +170,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / ".cache" / "gate-evidence")
     parser.add_argument("--skip-done", action="store_true",
                         help="keep the tries already in OUT/tries.csv")
+    parser.add_argument("--summarise", action="store_true",
+                        help="only print the summary of OUT/tries.csv")
     args = parser.parse_args()
+    if args.summarise:
+        rows = list(csv.DictReader((args.out / "tries.csv").open()))
+        print(summarise(rows), "", detection(rows), sep="\n")
+        return
     baseline, out = args.baseline.resolve(), args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     log = out / "tries.csv"
@@ -180,7 +205,7 @@ def main() -> None:
             writer.writerow(row)
             f.flush()
             rows.append(row)
-    print(summarise(rows))
+    print(summarise(rows), "", detection(rows), sep="\n")
 
 
 if __name__ == "__main__":
