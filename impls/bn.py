@@ -1,4 +1,4 @@
-"""BatchNorm2d: the course notes' MyBatchNorm2d, in training and eval mode, three ways.
+"""BatchNorm2d: the course notes' MyBatchNorm2d, in training and eval mode, four ways.
 
 Every implementation takes ``x (N, C, H, W)``, ``weight, bias, running_mean, running_var (C,)``,
 ``training``, ``momentum`` and ``eps``, and returns ``(N, C, H, W)``. It behaves exactly like
@@ -158,6 +158,60 @@ def batchnorm2d_vectorized(x: Tensor, weight: Tensor, bias: Tensor, running_mean
     return out.to(x.dtype)
 
 
+#: Above this many elements (128 KiB in float32) the per-channel shift is broadcast from one
+#: ``(C, 1, W)`` row instead of a ``(C, H, W)`` plane, so it stays in L1/L2 while x streams past.
+SHIFT_PLANE_ELEMENTS = 1 << 15
+
+
+def _channel_affine(src: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``src * scale + shift`` per channel in one vectorised pass: ``(N, C, H, W)`` out.
+
+    An elementwise kernel is only vectorised when at most one operand is broadcast along the
+    innermost dimension, so ``addcmul(shift (C,1,1), src, scale (C,1,1))`` would run scalar code
+    (4x slower): the shift is materialised along the innermost dimension(s) instead, a small
+    tensor reused for every image.
+    """
+    _, C, H, W = src.shape
+    plane = (C, H, W) if C * H * W <= SHIFT_PLANE_ELEMENTS else (C, 1, W)
+    shift = shift.view(C, 1, 1).expand(plane).contiguous()  # (C, H, W) or (C, 1, W)
+    return torch.addcmul(shift, src, scale.view(C, 1, 1))  # (N, C, H, W)
+
+
+@register_impl("bn", "fused")
+def batchnorm2d_fused(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
+                      running_var: Tensor, training: bool, momentum: float,
+                      eps: float) -> Tensor:
+    """Per-channel scale and shift folded first, then one vectorised addcmul over x.
+
+    Training: two-pass statistics (the mean, then the sum of squares of the centred ``x`` as
+    per-image vector norms, which does not cancel catastrophically as ``E[x^2] - mean^2`` does;
+    ``torch.var_mean``'s Welford pass alone takes longer on the CPU than the builtin's whole
+    forward), the running statistics updated in place by ``lerp_``, and the centred ``x``
+    scaled by ``weight / std``.
+    Eval: ``x * scale + (bias - running_mean * scale)``.
+    """
+    xf = _opmath(x)
+    N, C, H, W = x.shape
+    if training:
+        count = N * H * W
+        mean = xf.mean((0, 2, 3))  # (C,)
+        centred = xf - mean.view(C, 1, 1)  # (N, C, H, W)
+        # sum of squares without a squared temporary: one more full-size buffer is one more set
+        # of page faults when the allocator hands back fresh pages (~4 ms for 32x64x56x56)
+        sum_sq = torch.linalg.vector_norm(centred, 2, (2, 3)).square().sum(0)  # (N, C) -> (C,)
+        var = sum_sq / count  # (C,), biased: what normalises the batch
+        running_mean.lerp_(mean.detach().to(running_mean.dtype), momentum)
+        running_var.lerp_((var.detach() * (count / (count - 1))).to(running_var.dtype),
+                          momentum)
+        out = _channel_affine(centred, weight * torch.rsqrt(var + eps), bias)
+    else:
+        scale = weight * torch.rsqrt(running_var + eps)  # (C,)
+        shift = torch.addcmul(bias, running_mean, scale, value=-1)  # (C,): bias - mean * scale
+        out = _channel_affine(xf, scale, shift)
+    # a no-op .to() still costs a microsecond, 2% of the smallest eval size
+    return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
 @register_impl("bn", "builtin")
 def batchnorm2d_builtin(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
                         running_var: Tensor, training: bool, momentum: float,
@@ -175,7 +229,7 @@ class MyBatchNorm2d(nn.Module):
     ``beta`` are the notes' names for ``weight`` and ``bias``.
 
     Args:
-        impl: a registered bn implementation (``loops``, ``vectorized``, ``builtin``).
+        impl: a registered bn implementation (``loops``, ``vectorized``, ``fused``, ``builtin``).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
@@ -209,5 +263,5 @@ class MyBatchNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
-__all__ = ["LAYER", "MyBatchNorm2d", "batchnorm2d_builtin", "batchnorm2d_loops",
-           "batchnorm2d_vectorized"]
+__all__ = ["LAYER", "MyBatchNorm2d", "batchnorm2d_builtin", "batchnorm2d_fused",
+           "batchnorm2d_loops", "batchnorm2d_vectorized"]

@@ -1,4 +1,4 @@
-"""Linear: MyCNN's fully connected layer ``nn.Linear(8 * 13 * 13, 10)``, four ways.
+"""Linear: MyCNN's fully connected layer ``nn.Linear(8 * 13 * 13, 10)``, five ways.
 
 Every implementation takes ``x (N, in_features)``, ``weight (out_features, in_features)`` and
 ``bias (out_features,)`` and returns ``x @ weight^T + bias``, shape ``(N, out_features)``.
@@ -98,10 +98,24 @@ def linear_matmul(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return x @ weight.T + bias  # (N, I) @ (I, O) -> (N, O)
 
 
+@register_impl("linear", "addmm")
+def linear_addmm(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """torch.addmm on the transposed weight view: the bias fused into the GEMM, no extra pass.
+
+    Inputs with leading batch dimensions ``(*, in_features)`` are flattened to one GEMM, as
+    ``F.linear`` does.
+    """
+    if x.dim() == 2:
+        return torch.addmm(bias, x, weight.T)  # (N, I) @ (I, O) + (O,) -> (N, O)
+    out = torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight.T)  # (*, I) -> (B, I) @ (I, O)
+    return out.view(*x.shape[:-1], weight.shape[0])  # (B, O) -> (*, O)
+
+
 @register_impl("linear", "builtin")
 def linear_builtin(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """torch.nn.functional.linear (one addmm: the bias fused into the GEMM)."""
     return F.linear(x, weight, bias)
 
 
-__all__ = ["LAYER", "linear_builtin", "linear_einsum", "linear_loops", "linear_matmul"]
+__all__ = ["LAYER", "linear_addmm", "linear_builtin", "linear_einsum", "linear_loops",
+           "linear_matmul"]
