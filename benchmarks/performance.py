@@ -1,0 +1,302 @@
+"""How fast the implementations and the harness are on this machine: docs/performance.md.
+
+    python benchmarks/performance.py                   # every part (about 25 min on 2 cores)
+    python benchmarks/performance.py --parts ratios,agreement --out /tmp/perf.md
+
+Parts (each checks the targets of the performance issue and says PASS or MISS; nothing here is
+a test, timings are never asserted by the test suite):
+
+- ``ratios``: ``bench LAYER --preset default --compile none`` for conv, attention, mha, rnn, bn
+  and linear; per implementation the geometric mean over the sizes of time(impl)/time(builtin),
+  both from the same run; the best hand-written one against its target, and its roofline
+  fraction at the largest size.
+- ``stability``: ``bench conv --preset default`` 5 times; per case of 50 us or more, the max/min
+  ratio of its medians (target 1.05); the runs' wall times (target 60 s each).
+- ``suite``: ``bench all --preset quick --compile none`` wall time (target 180 s).
+- ``agreement``: in one process, each conv case's median from the harness against
+  ``torch.utils.benchmark``'s ``blocked_autorange`` of the same callable (target 3%).
+- ``compile``: ``bench LAYER --compile none,default`` of the vectorised implementations, twice
+  into an empty inductor cache: compiled no slower than eager on the larger half of the sizes,
+  and the second run's compile time (warm cache) against the first's (cold).
+
+Only ratios measured within one run are compared; every figure says where it was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reports.markdown import md_table  # noqa: E402
+from reports.schema import load_run  # noqa: E402
+
+TARGETS = {"conv": 1.5, "attention": 1.2, "mha": 1.2, "rnn": 1.3, "bn train": 1.5,
+           "bn eval": 1.2, "linear": 1.05}
+NOT_HAND_WRITTEN = ("builtin", "torch_layers")  # the built-ins themselves
+PARTS = ("ratios", "stability", "suite", "agreement", "compile")
+COMPILE_LAYERS = ("conv", "attention", "mha", "rnn", "bn", "linear")
+
+
+def bench(args: list[str], out: Path, env: dict[str, str] | None = None) -> tuple[Path, float]:
+    """Run ``python cli.py bench ARGS`` into a fresh ``out``; its run directory and wall time."""
+    out.mkdir(parents=True, exist_ok=True)
+    before = set(out.iterdir())
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "cli.py", "bench", *args, "--out", str(out),
+                           "--quiet", "--no-report"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, check=False)
+    wall = time.perf_counter() - start
+    (run_dir,) = set(out.iterdir()) - before
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"bench {' '.join(args)}: exit {proc.returncode}\n{proc.stderr}")
+    return run_dir, wall
+
+
+def _group(results: pd.DataFrame) -> pd.Series:
+    """``conv``, or ``bn train`` / ``bn eval`` (bn's two modes have separate targets)."""
+    name = results["layer"].astype(str)
+    if "p_training" in results.columns:
+        train = results["p_training"].map({1: " train", 0: " eval"})
+        name = name + train.where(results["layer"] == "bn", "").fillna("")
+    return name
+
+
+def ratio_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per layer group and implementation: sizes, geomean/min/max of time(impl)/time(builtin)
+    over the sizes where both are correct, and the roofline fraction at the largest size."""
+    ok = results[(results["status"] == "ok") & (results["compile"] == "none")]
+    ok = ok.assign(group=_group(ok))
+    builtin = ok[ok["impl"] == "builtin"].set_index(["group", "case"])["median_ms"]
+    rows = []
+    for (group, impl), g in ok.groupby(["group", "impl"], sort=False):
+        if impl == "builtin":
+            continue
+        ref = builtin.reindex(list(zip(g["group"], g["case"], strict=True))).to_numpy(float)
+        ratio = g["median_ms"].to_numpy(float) / ref
+        keep = np.isfinite(ratio)
+        largest = g.loc[g["flops"].idxmax()]
+        sizes = int(builtin.loc[group].shape[0]) if group in builtin.index.get_level_values(0) \
+            else 0
+        rows.append({"layer": group, "impl": impl, "sizes": f"{int(keep.sum())}/{sizes}",
+                     "geomean": float(np.exp(np.log(ratio[keep]).mean())) if keep.any()
+                     else math.nan,
+                     "min": float(ratio[keep].min()) if keep.any() else math.nan,
+                     "max": float(ratio[keep].max()) if keep.any() else math.nan,
+                     "complete": bool(keep.sum() == sizes),
+                     "roofline_at_largest": float(largest["roofline_frac"]),
+                     "largest": str(largest["case"])})
+    return pd.DataFrame(rows)
+
+
+def best_table(ratios: pd.DataFrame, builtin_roofline: dict[str, float]) -> pd.DataFrame:
+    """The best hand-written implementation per group (all sizes measured) against its target."""
+    rows = []
+    for group, target in TARGETS.items():
+        mine = ratios[(ratios["layer"] == group) & ratios["complete"]
+                      & ~ratios["impl"].isin(NOT_HAND_WRITTEN)]
+        if mine.empty:
+            continue
+        best = mine.loc[mine["geomean"].idxmin()]
+        rows.append({"layer": group, "best hand-written": best["impl"],
+                     "geomean time / builtin": round(best["geomean"], 3), "target": target,
+                     "verdict": "PASS" if best["geomean"] <= target else "MISS",
+                     "per-size range": f"{best['min']:.2f}-{best['max']:.2f}",
+                     "roofline at largest size": f"{best['roofline_at_largest']:.1%}",
+                     "builtin roofline": f"{builtin_roofline.get(group, math.nan):.1%}",
+                     "largest size": best["largest"]})
+    return pd.DataFrame(rows)
+
+
+RATIO_LAYERS = ("conv", "attention", "mha", "rnn", "bn", "linear")
+
+
+def part_ratios(work: Path, layers: tuple[str, ...] = RATIO_LAYERS) -> list[str]:
+    frames, walls = [], {}
+    for layer in layers:
+        run_dir, walls[layer] = bench([layer, "--preset", "default", "--compile", "none"],
+                                      work / "ratios")
+        frames.append(load_run(run_dir)[0])
+    results = pd.concat(frames, ignore_index=True)
+    ratios = ratio_table(results)
+    ok = results[(results["status"] == "ok") & (results["impl"] == "builtin")]
+    ok = ok.assign(group=_group(ok))
+    roof = {g: float(r.loc[r["flops"].idxmax(), "roofline_frac"]) for g, r in ok.groupby("group")}
+    shown = ratios.drop(columns=["complete"]).round(3)
+    return ["## Implementations against the built-ins", "",
+            "`bench LAYER --preset default --compile none` (forward, float32), one run per "
+            "layer; ratio = median time of the implementation / median time of the builtin at "
+            "the same size in the same run (below 1: faster than the builtin). Wall times: "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()) + ".", "",
+            md_table(best_table(ratios, roof)), "", "Every implementation:", "",
+            md_table(shown), ""]
+
+
+def part_stability(work: Path, runs: int = 5) -> tuple[list[str], list[float]]:
+    medians, walls = [], []
+    for i in range(runs):
+        run_dir, wall = bench(["conv", "--preset", "default", "--compile", "none"],
+                              work / "stability")
+        walls.append(wall)
+        frame = load_run(run_dir)[0]
+        frame = frame[frame["status"] == "ok"]
+        medians.append(frame.set_index(["impl", "case"])["median_ms"].rename(f"run{i + 1}"))
+    table = pd.concat(medians, axis=1).dropna()
+    table = table[table.min(axis=1) >= 0.05]
+    spread = (table.max(axis=1) / table.min(axis=1)).rename("max/min")
+    worst = spread.sort_values(ascending=False).head(5)
+    within = int((spread <= 1.05).sum())
+    lines = ["## Harness stability and overhead", "",
+             f"`bench conv --preset default --compile none`, {runs} runs one after another: "
+             f"of {len(spread)} cases of 50 us or more, {within} kept the max/min ratio of their "
+             f"medians within 1.05 (target: all); median ratio {spread.median():.3f}, largest "
+             f"{spread.max():.3f} ({'PASS' if within == len(spread) else 'MISS'}).", "",
+             "Largest spreads:", "",
+             md_table(worst.reset_index().round(3)), "",
+             f"Wall time per run: {', '.join(f'{w:.0f} s' for w in walls)} (target 60 s: "
+             f"{'PASS' if max(walls) <= 60 else 'MISS'}).", ""]
+    return lines, walls
+
+
+def part_suite(work: Path) -> list[str]:
+    _, wall = bench(["all", "--preset", "quick", "--compile", "none"], work / "suite")
+    return [f"`bench all --preset quick --compile none`: {wall:.0f} s wall (target 180 s: "
+            f"{'PASS' if wall <= 180 else 'MISS'}).", ""]
+
+
+def part_agreement() -> list[str]:
+    import torch
+    from torch.utils import benchmark
+
+    from impls import DTYPE_NAMES, REGISTRY
+    from suites.cases import plan
+    from suites.config import BenchConfig, TimingConfig
+    from suites.correctness import bind, make_trial
+    from suites.timing import measure
+
+    config = BenchConfig(layers=("conv",), preset="default")
+    threads = torch.get_num_threads()
+    rows = []
+    for case in plan(config):
+        impl = REGISTRY.impl(case.layer, case.impl)
+        if impl.naive:
+            continue
+        layer = REGISTRY.layer(case.layer)
+        trial = make_trial(layer, case.size, 0, DTYPE_NAMES[case.dtype], case.device, case.mode)
+        step = bind(impl.fn, trial)
+        with torch.no_grad():
+            ours = measure(step, "cpu", TimingConfig(), threads).median_s
+            timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=threads)
+            theirs = timer.blocked_autorange(min_run_time=1.0).median
+        rows.append({"impl": case.impl, "case": case.label, "harness_ms": ours * 1e3,
+                     "blocked_autorange_ms": theirs * 1e3, "ratio": ours / theirs})
+    table = pd.DataFrame(rows)
+    off = (table["ratio"] - 1).abs()
+    return ["## Harness agreement with torch.utils.benchmark", "",
+            f"In one process ({threads} threads), each conv default case (naive loops left out): "
+            "the harness's median (`--min-time 0.5`) against `Timer.blocked_autorange("
+            f"min_run_time=1.0)` of the same callable. Within 3%: {int((off <= 0.03).sum())} of "
+            f"{len(table)} ({'PASS' if (off <= 0.03).all() else 'MISS'}); largest difference "
+            f"{off.max():.1%}.", "", md_table(table.round(4)), ""]
+
+
+def part_compile(work: Path, layers: tuple[str, ...] = COMPILE_LAYERS) -> list[str]:
+    cache = Path(tempfile.mkdtemp(prefix="inductor-", dir=work))
+    lines = ["## torch.compile against eager", "",
+             "`bench LAYER --compile none,default` of the vectorised implementations (no naive "
+             f"loops), run twice into an empty inductor cache ({cache.name}): the first run "
+             "compiles cold, the second should find every graph cached.", ""]
+    from impls import REGISTRY
+
+    rows = []
+    for layer in layers:
+        vectorised = ",".join(i.name for i in REGISTRY.impls(layer)
+                              if not i.naive and "cpu" in i.devices)
+        runs = [load_run(bench([layer, "--preset", "default", "--compile", "none,default",
+                                "--impl", vectorised],
+                               work / f"compile-{i}",
+                               env={"TORCHINDUCTOR_CACHE_DIR": str(cache)})[0])[0]
+                for i in range(2)]
+        rows += _compile_rows(layer, runs[0], runs[1])
+    table = pd.DataFrame(rows)
+    lines += [md_table(table.round(3)), ""]
+    return lines
+
+
+def _compile_rows(layer: str, cold: pd.DataFrame, warm: pd.DataFrame) -> list[dict[str, object]]:
+    from impls import REGISTRY
+
+    rows = []
+    for impl, g in warm[warm["status"] == "ok"].groupby("impl", sort=False):
+        if REGISTRY.impl(layer, str(impl)).naive:
+            continue
+        eager = g[g["compile"] == "none"].set_index("case")
+        comp = g[g["compile"] == "default"].set_index("case")
+        both = eager.index.intersection(comp.index)
+        if both.empty:
+            continue
+        order = eager.loc[both, "flops"].sort_values().index
+        larger = order[len(order) // 2:]
+        ratio = comp.loc[larger, "median_ms"] / eager.loc[larger, "median_ms"]
+        first = cold[(cold["impl"] == impl) & (cold["compile"] == "default")]["compile_s"]
+        rows.append({"layer": layer, "impl": impl,
+                     "compiled/eager, larger half": ", ".join(f"{r:.2f}" for r in ratio),
+                     "verdict": "PASS" if (ratio <= 1.0).all() else "MISS",
+                     "compile_s cold (median)": float(first.median()),
+                     "compile_s warm (median)": float(comp["compile_s"].median())})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
+    parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "performance")
+    parser.add_argument("--ratio-layers", default=",".join(RATIO_LAYERS),
+                        help="layers of the ratios part")
+    parser.add_argument("--compile-layers", default=",".join(COMPILE_LAYERS),
+                        help="layers of the compile part (cold compiles take ~10 s each)")
+    args = parser.parse_args()
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if unknown := [p for p in parts if p not in PARTS]:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    from suites.environment import machine_info
+
+    machine = machine_info(["cpu"])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True, check=False).stdout.strip()
+    lines = ["# Performance: implementations and harness", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {machine.get('cpu_model')} "
+             f"({machine.get('cpu_count')} cores, {machine.get('threads')} threads), torch "
+             f"{machine.get('torch')}, commit {commit}, by `python benchmarks/performance.py "
+             f"--parts {','.join(parts)}`.", ""]
+    steps: dict[str, Callable[[], list[str]]] = {
+        "ratios": lambda: part_ratios(args.work, tuple(args.ratio_layers.split(","))),
+        "stability": lambda: part_stability(args.work)[0],
+        "suite": lambda: part_suite(args.work),
+        "agreement": part_agreement,
+        "compile": lambda: part_compile(args.work, tuple(args.compile_layers.split(","))),
+    }
+    for part in parts:
+        start = time.perf_counter()
+        print(f"{part} ...", flush=True)
+        lines += steps[part]()
+        print(f"{part}: {time.perf_counter() - start:.0f} s", flush=True)
+        args.out.write_text("\n".join(lines), encoding="utf-8")  # each part as it ends
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
