@@ -354,7 +354,7 @@ def profile_command(layer: str, impl: str, size: str | None, device: str, dtype:
                     stacks: bool, budget_s: float, threads: int, seed: int, top: int, out: Path,
                     impl_files: tuple[Path, ...]) -> None:
     """Run one case of LAYER under torch.profiler: operator table, traces, ops.csv, figures."""
-    from suites.profiling import ProfileSettings
+    from suites.profiling import NAIVE_SETTINGS, ProfileSettings
     from suites.runner import profile_one
 
     _load_impl_files(impl_files)
@@ -369,9 +369,10 @@ def profile_command(layer: str, impl: str, size: str | None, device: str, dtype:
     _choose("mode", (mode,), MODES)
     _choose("compile mode", (compile_mode,), COMPILE_MODES)
     naive = found.naive
-    settings = ProfileSettings(wait=(0 if naive else 1) if wait is None else wait,
-                               warmup=warmup, active=(1 if naive else 3) if active is None
-                               else active, with_stack=stacks)
+    default = NAIVE_SETTINGS if naive else ProfileSettings()
+    settings = ProfileSettings(wait=default.wait if wait is None else wait, warmup=warmup,
+                               active=default.active if active is None else active,
+                               with_stack=stacks)
     try:
         params = parse_size(size, notes_size(layer), spec) if size else notes_size(layer)
         spec.check(params)

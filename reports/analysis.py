@@ -87,7 +87,7 @@ def op_shares(ops: pd.DataFrame, top: int = 7) -> pd.DataFrame:
     """Each profiled case's self time split over the ``top`` operators of ``ops`` (by their
     largest share in any case) plus ``other``: columns key, ``op``, ``us`` (per call of the
     case), ``share`` (of the case's total)."""
-    key = ["layer", "impl", "compile", "device", "dtype", "mode", "case"]
+    key = [*GROUP, "case"]
     ops = ops[ops["op"].notna() & ~ops["op"].astype(str).str.startswith("<")]
     if ops.empty:
         return pd.DataFrame(columns=[*key, "op", "us", "share"])
@@ -107,7 +107,7 @@ def op_shares(ops: pd.DataFrame, top: int = 7) -> pd.DataFrame:
 def profile_table(results: pd.DataFrame, ops: pd.DataFrame) -> pd.DataFrame:
     """Per profiled case: operator calls per call, peak memory, profiled time per call and the
     operator that takes the most of it."""
-    key = ["layer", "impl", "compile", "device", "dtype", "mode", "case"]
+    key = [*GROUP, "case"]
     shares = op_shares(ops, top=10**6)
     if shares.empty:
         return pd.DataFrame(columns=[*key, "variant", "median_ms", "op_calls", "peak_mem_mib",

@@ -172,14 +172,19 @@ def _legend(ax: Any, n: int | None = None) -> None:
               ncol=1 if n <= 16 else 2)
 
 
-def fig_legend(axes: np.ndarray) -> None:
-    """One legend for all facets, right of the top-right axes (a figure legend would collide
-    with the suptitle when it is tall)."""
+def legend_handles(axes: np.ndarray) -> dict[str, Any]:
+    """Label -> first artist with that label, over every axes (each label once)."""
     handles: dict[str, Any] = {}
     for ax in axes.flat:
         for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, h)
-    if handles:
+    return handles
+
+
+def fig_legend(axes: np.ndarray) -> None:
+    """One legend for all facets, right of the top-right axes (a figure legend would collide
+    with the suptitle when it is tall)."""
+    if handles := legend_handles(axes):
         axes[0, -1].legend(list(handles.values()), list(handles), loc="upper left",
                            bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small",
                            ncol=1 if len(handles) <= 16 else 2)

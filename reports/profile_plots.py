@@ -29,6 +29,7 @@ from reports.plots import (
     facet_title,
     fig_legend,
     grid,
+    legend_handles,
     lines,
     positions,
     positive,
@@ -37,6 +38,7 @@ from reports.plots import (
     variant_pairs,
 )
 from reports.style import variant
+from suites.timing import format_seconds
 
 TOP_OPS = 7
 MAX_CASES = 4  # breakdown panels per figure
@@ -66,26 +68,23 @@ def _breakdown(layer: Any) -> Drawn | None:
     panels = coverage.sort_values(["variants", "pos"], ascending=False).head(MAX_CASES)
     panels = panels.sort_values("pos")
     colors = op_colors(list(pd.unique(shares["op"])))
-    height = sum(0.42 * _n_variants(shares, p) + 0.9 for _, p in panels.iterrows()) + 1.4
+    where = ("device", "dtype", "mode", "case")
+    keys = [tuple(panel[list(where)]) for _, panel in panels.iterrows()]
+    data = [subset(shares, where, key) for key in keys]
+    sizes = [max(len(d[["impl", "compile"]].drop_duplicates()), 1) for d in data]
     from matplotlib.figure import Figure as MplFigure
 
-    fig = MplFigure(figsize=(WIDTH_IN * 1.15, height), layout="constrained")
-    axes = fig.subplots(len(panels), 1, squeeze=False,
-                        height_ratios=[_n_variants(shares, p) + 1.5 for _, p in panels.iterrows()])
-    for ax, (_, panel) in zip(axes[:, 0], panels.iterrows(), strict=True):
-        data = subset(shares, ("device", "dtype", "mode", "case"),
-                      tuple(panel[["device", "dtype", "mode", "case"]]))
-        rows = subset(layer.rows, ("device", "dtype", "mode", "case"),
-                      tuple(panel[["device", "dtype", "mode", "case"]]))
+    fig = MplFigure(figsize=(WIDTH_IN * 1.15, sum(0.42 * n + 0.9 for n in sizes) + 1.4),
+                    layout="constrained")
+    axes = fig.subplots(len(keys), 1, squeeze=False, height_ratios=[n + 1.5 for n in sizes])
+    for ax, key, panel_data in zip(axes[:, 0], keys, data, strict=True):
+        rows = subset(layer.rows, where, key)
         calls = {(i, c): float(n) for i, c, n in zip(rows["impl"], rows["compile"],
                                                       rows["op_calls"], strict=True)}
-        _stacked_bars(ax, data, colors, calls)
-        facet_title(ax, tuple(panel[["device", "dtype", "mode", "case"]]))
+        _stacked_bars(ax, panel_data, colors, calls)
+        facet_title(ax, key)
     axes[-1, 0].set_xlabel("share of the self time of one call")
-    handles: dict[str, Any] = {}
-    for ax in axes.flat:
-        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(label, h)
+    handles = legend_handles(axes)
     fig.legend(list(handles.values()), list(handles), loc="outside lower center",
                ncol=min(len(handles), 4), frameon=False, fontsize="small")
     unit = "GPU kernel" if self_time_column(layer.ops) == "self_device_us" else "CPU"
@@ -96,12 +95,6 @@ def _breakdown(layer: Any) -> Drawn | None:
                "launched per call. Many tiny operators (select, mul, add) mean per-call "
                "overhead dominates; one big GEMM or convolution means the work itself does.")
     return Drawn(fig, f"{layer.name}: where the time goes ({setting(shares)})", caption)
-
-
-def _n_variants(shares: pd.DataFrame, panel: pd.Series) -> int:
-    data = subset(shares, ("device", "dtype", "mode", "case"),
-                  tuple(panel[["device", "dtype", "mode", "case"]]))
-    return max(len(data[["impl", "compile"]].drop_duplicates()), 1)
 
 
 def _stacked_bars(ax: Any, data: pd.DataFrame, colors: dict[str, str],
@@ -120,21 +113,13 @@ def _stacked_bars(ax: Any, data: pd.DataFrame, colors: dict[str, str],
                         edgecolor="white", linewidth=0.5)
                 left += share
         n = calls.get((impl, mode), float("nan"))
-        names.append(f"{variant(impl, mode)}\n{_duration(float(mine['us'].sum()) / 1e6)}"
+        names.append(f"{variant(impl, mode)}\n{format_seconds(float(mine['us'].sum()) / 1e6)}"
                      + (f" · {n:,.0f} ops" if np.isfinite(n) else ""))
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names, fontsize=7.5)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter(_percent())
-
-
-def _duration(seconds: float) -> str:
-    """``0.0000507`` -> ``50.7 us``, ``1.65`` -> ``1.65 s``: never scientific notation."""
-    for unit, scale in (("us", 1e-6), ("ms", 1e-3)):
-        if seconds < 1000 * scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds:.3g} s"
 
 
 def _percent() -> Any:

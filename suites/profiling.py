@@ -68,9 +68,6 @@ class CaseProfile:
     op_calls: float
     peak_mem_bytes: float
     memory: list[tuple[float, float]] = field(repr=False)  # (ms into the call, bytes held)
-    trace: Path | None = None  # the TensorBoard trace file
-    chrome_trace: Path | None = None  # the same trace under a plain name
-    table: str = field(default="", repr=False)  # torch's key-averages table, by self time
 
 
 def trace_name(case: Case) -> str:
@@ -114,10 +111,9 @@ def profile_case(step: Callable[[], Any], case: Case, profiled_label: str, trace
         for _ in range(settings.calls):
             step()
             prof.step()
-    trace = written[0] if written else None
-    if trace is not None and chrome_trace is not None:
+    if written and chrome_trace is not None:
         chrome_trace.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(trace, chrome_trace)
+        shutil.copyfile(written[0], chrome_trace)
     steps = max(settings.active, 1)
     key = ops_key(case, profiled_label)
     averages = [e for e in prof.key_averages() if not e.key.startswith(STEP_PREFIX)]
@@ -132,10 +128,7 @@ def profile_case(step: Callable[[], Any], case: Case, profiled_label: str, trace
                     if e.cpu_parent is not None and e.cpu_parent.name.startswith(STEP_PREFIX))
     peak, timeline = memory_use(prof, DeviceType.CUDA if cuda else DeviceType.CPU)
     return CaseProfile(ops=ops, op_calls=top_level / steps, peak_mem_bytes=peak,
-                       memory=timeline, trace=trace,
-                       chrome_trace=chrome_trace if trace is not None else None,
-                       table=prof.key_averages().table(sort_by="self_cpu_time_total",
-                                                       row_limit=20))
+                       memory=timeline)
 
 
 def memory_use(prof: Any, device_type: DeviceType) -> tuple[float, list[tuple[float, float]]]:
