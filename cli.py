@@ -7,9 +7,12 @@ stderr, no traceback); 130 interrupted.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,7 +30,7 @@ from reports.schema import KEY_COLUMNS, RunDataError, load_run
 from reports.writer import RunWriter, new_run_dir, open_resumed
 from suites import calibration
 from suites.cases import Case, plan
-from suites.compilation import COMPILE_MODES, use_project_cache
+from suites.compilation import COMPILE_MODES, PROJECT_ROOT, use_project_cache
 from suites.config import BenchConfig, TimingConfig, config_from_dict
 from suites.environment import available_devices, device_problem, machine_info
 from suites.presets import PRESET_NAMES, notes_size, parse_size
@@ -568,8 +571,8 @@ def compare_command(runs: tuple[Path, ...], basis: str, threshold: float, alpha:
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(2),
               help="A/A runs that measure each case's noise, for --save-baseline.")
 @click.option("--remeasure", default=2, show_default=True, type=click.IntRange(0),
-              help="Times a case flagged slower is measured again; it fails only if every "
-                   "re-measurement is slower too.")
+              help="Times a case flagged slower is measured again, alongside the baseline's "
+                   "stored code; it fails only if slower than that code every time.")
 @click.option("--min-time", "min_time_s", default=0.25, show_default=True, type=float,
               help="Seconds of timing samples per case, for --save-baseline.")
 @click.option("--budget", "budget_s", default=2.0, show_default=True, type=float,
@@ -623,18 +626,22 @@ def _measure(config: BenchConfig, cases: list[Case], run_dir: Path, quiet: bool)
 
 def _save_baseline(baseline: Path, config: BenchConfig, repeats: int, quiet: bool) -> int:
     """``repeats`` runs of the same plan: the first is the baseline, all give its noise."""
-    from reports.check import NOISE_FILE, case_noise
+    from reports.check import NOISE_FILE, case_noise, save_code
 
     if baseline.exists() and any(baseline.iterdir()) and not (baseline / NOISE_FILE).is_file():
         raise InputError(f"--baseline {baseline}: exists and is not a baseline; not overwriting")
-    for name in ("results.csv", "samples.csv", "meta.json", NOISE_FILE):
-        (baseline / name).unlink(missing_ok=True)
     cases = _plan(config)
     aa_dir = new_run_dir(config.out, "baseline-aa")
-    runs = [_measure(config, cases, baseline if i == 0 else aa_dir / f"repeat-{i + 1}", quiet)
-            for i in range(repeats)]
+    # Measured elsewhere, then copied: a baseline kept in git stays untouched (its commit
+    # clean, as recorded) until the runs are done, and a failed save leaves the old one.
+    names = [baseline.name, *(f"{baseline.name}-repeat-{i + 1}" for i in range(1, repeats))]
+    runs = [_measure(config, cases, aa_dir / name, quiet) for name in names]
     noise = case_noise(runs)
+    baseline.mkdir(parents=True, exist_ok=True)
+    for name in ("results.csv", "samples.csv", "meta.json"):
+        shutil.copyfile(runs[0] / name, baseline / name)
     noise.to_csv(baseline / NOISE_FILE, index=False)
+    save_code(baseline, config.impl_files)
     frame, _ = load_run(baseline)
     click.echo(f"baseline: {baseline} ({len(frame)} cases; A/A runs in {aa_dir})")
     _print_noise(noise)
@@ -649,6 +656,7 @@ def _check(baseline: Path, layers: tuple[str, ...], basis: str, threshold: float
         confirm,
         flagged,
         gate,
+        load_code,
         load_noise,
         same_machine_kind,
         summary_line,
@@ -673,24 +681,41 @@ def _check(baseline: Path, layers: tuple[str, ...], basis: str, threshold: float
     _, now = load_run(current)
     both = basis == "auto" and same_machine_kind(meta, now)
 
-    def compare(run_dir: Path) -> Any:
+    def compare(run_dir: Path, against: Path = baseline) -> Any:
         try:
-            return gate(baseline, run_dir, basis if basis != "auto" else
-                        ("both" if both else "relative"), threshold, alpha, config.layers)
+            return gate(against, run_dir, basis if basis != "auto" else
+                        ("both" if both else "relative"), threshold, alpha, config.layers,
+                        noise_of=baseline)
         except RunDataError as exc:
             raise InputError(str(exc)) from None
 
     comparison = compare(current)
     suspects = set(flagged(comparison))
-    again = []
+    again: list[Any] = []
+    against = ""
     if suspects and remeasure:
         wanted = {c for c in cases if c.key in suspects} | {c.baseline for c in cases
                                                              if c.key in suspects}
         subset = [c for c in cases if c in wanted]
+        code, impl_files, why = load_code(baseline, check_dir / "baseline-code")
+        if code is None:
+            _console(stderr=True).print(f"re-measuring against the stored baseline only: {why}",
+                                        markup=False)
+        else:
+            against = " against the baseline's code timed alongside"
         for i in range(remeasure):
-            again.append(compare(_measure(config, subset, check_dir / f"remeasure-{i + 1}",
-                                          quiet)))
-    verdict = confirm(comparison, again)
+            if code is None:
+                again.append(compare(_measure(config, subset,
+                                              check_dir / f"remeasure-{i + 1}", quiet)))
+                continue
+            # Paired: the baseline's code and the current code, each in a fresh process, one
+            # after the other; a drift of the machine since the baseline moves both alike.
+            before = _measure_code(code, baseline, subset, check_dir / f"baseline-{i + 1}",
+                                   quiet, impl_files)
+            now_dir = _measure_code(PROJECT_ROOT, baseline, subset,
+                                    check_dir / f"remeasure-{i + 1}", quiet)
+            again.append(compare(now_dir, against=before))
+    verdict = confirm(comparison, again, against)
     paths = write_comparison(verdict, check_dir)
     line = summary_line(verdict)
     summary = f"## layerbench check: {line}\n\n" + paths[1].read_text(encoding="utf-8")
@@ -706,6 +731,69 @@ def _check(baseline: Path, layers: tuple[str, ...], basis: str, threshold: float
     console.print(line, markup=False)
     console.print(f"details: {check_dir / 'check.md'}", markup=False)
     return EXIT_FAILURES if verdict.regressions else EXIT_OK
+
+
+def _measure_code(tree: Path, baseline: Path, cases: list[Case], run_dir: Path, quiet: bool,
+                  impl_files: tuple[Path, ...] = ()) -> Path:
+    """Time ``cases`` with the code in ``tree`` (its own ``cli.py measure``, a fresh process)
+    into the new run directory ``run_dir``, configured as ``baseline`` was (``impl_files``
+    instead of its implementation files, when given)."""
+    keys = run_dir.with_name(f"{run_dir.name}-keys.csv")
+    with keys.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(KEY_COLUMNS)
+        writer.writerows(c.key for c in cases)
+    env = {**os.environ, "LAYERBENCH_CACHE_DIR": str(calibration.cache_dir().parent),
+           "TORCHINDUCTOR_CACHE_DIR": str(use_project_cache())}
+    command = [sys.executable, str(tree / "cli.py"), "measure", "--like", str(baseline.resolve()),
+               "--keys", str(keys.resolve()), "--out", str(run_dir.resolve())]
+    for file in impl_files:
+        command += ["--impl-file", str(file.resolve())]
+    proc = subprocess.run([*command, *(["--quiet"] if quiet else [])], cwd=tree, env=env,
+                          check=False)
+    if proc.returncode != 0:
+        raise InputError(f"timing the code in {tree} failed (exit {proc.returncode}): "
+                         f"{' '.join(command)}")
+    _, meta = load_run(run_dir)
+    root = (meta.get("machine") or {}).get("code_root")
+    if root is None or Path(root).resolve() != tree.resolve():
+        raise InputError(f"{run_dir}: timed the code in {root}, not {tree}")
+    return run_dir
+
+
+@cli.command("measure", hidden=True)
+@click.option("--like", required=True, type=click.Path(path_type=Path, exists=True),
+              help="The run (a baseline) whose configuration to use.")
+@click.option("--keys", required=True, type=click.Path(path_type=Path, exists=True),
+              help="CSV of case keys (layer, impl, compile, device, dtype, mode, case).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="The new run directory.")
+@click.option("--impl-file", "impl_files", multiple=True, type=click.Path(path_type=Path),
+              help="Implementation files instead of LIKE's (the baseline's stored copies).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def measure_command(like: Path, keys: Path, out: Path, impl_files: tuple[Path, ...],
+                    quiet: bool) -> None:
+    """Time the cases in KEYS, configured as run LIKE was, with this copy's code.
+
+    ``check`` runs it in the baseline's stored code and in the current code, one after the
+    other, to confirm a flagged case against the baseline's code timed alongside. A check runs
+    the baseline's own version of this command: keep its options stable.
+    """
+    try:
+        config = config_from_dict(json.loads((like / "meta.json").read_text())["config"])
+        with keys.open(newline="", encoding="utf-8") as f:
+            wanted = {tuple(row[c] for c in KEY_COLUMNS) for row in csv.DictReader(f)}
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"measure: {exc}") from None
+    config = dataclasses.replace(config, impl_files=impl_files or config.impl_files)
+    _load_impl_files(config.impl_files)
+    config = dataclasses.replace(config, layers=tuple(
+        name for name in config.layers if any(key[0] == name for key in wanted)))
+    cases = [c for c in _plan(config) if c.key in wanted]
+    if len(cases) != len(wanted):
+        raise InputError(f"measure: {len(wanted) - len(cases)} case(s) of {keys} are not in "
+                         f"this code's plan")
+    _measure(config, cases, out, quiet)
 
 
 @cli.command("noise")

@@ -5,11 +5,12 @@
 Runs ``python cli.py check --baseline BASELINE`` one after another (never two at once: they
 would disturb each other's timings):
 
-- ``aa``: the code of this checkout, unchanged (a copy). Every failure is a false alarm.
-- ``conv-im2col-1.3x``: a copy of the tree whose conv ``im2col`` does its unfold + GEMM again
+- ``aa``: the code of this checkout's HEAD, unchanged (a worktree). Every failure is a false
+  alarm.
+- ``conv-im2col-1.3x``: a worktree whose conv ``im2col`` does its unfold + GEMM again
   on the top 30% of the output rows (real extra work, about 1.3x at sizes where the GEMM
   dominates; more where fixed per-call costs dominate).
-- ``attention-matmul-2x``: a copy whose attention ``matmul`` computes everything twice.
+- ``attention-matmul-2x``: a worktree whose attention ``matmul`` computes everything twice.
 
 Each try's exit code, wall time, verdict line and the planted implementation's measured ratios
 go to ``tries.csv`` in ``--out``, and a Markdown summary is printed. Interrupt and rerun with
@@ -20,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import re
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache"  # one calibration for every tree
 FIELDS = ["kind", "try", "exit", "wall_s", "summary", "check_dir", "regressions",
           "planted_ratios", "started"]
 
@@ -70,22 +72,13 @@ PLANTS: dict[str, tuple[str, Callable[[str], str], tuple[str, str]]] = {
 
 
 def planted_tree(kind: str, dest: Path) -> Path:
-    """A copy of this checkout's files (tracked and not ignored), with ``kind``'s slowdown
-    planted (``aa``: unchanged), so edits to the checkout while the tries run change nothing."""
+    """A git worktree of this checkout's HEAD with ``kind``'s slowdown planted, uncommitted
+    (``aa``: unchanged), so edits to the checkout while the tries run change nothing, and
+    ``check`` finds the baseline's commit to time alongside. Commit your changes first."""
     tree = dest / kind
     if not tree.exists():
-        files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                                "--exclude-standard"], cwd=ROOT, check=True,
-                               capture_output=True).stdout.decode().split("\0")
-        tree.mkdir(parents=True)
-        archive = dest / f"{kind}.tar"
-        with tarfile.open(archive, "w") as tar:
-            for name in filter(None, files):
-                if (ROOT / name).is_file():
-                    tar.add(ROOT / name, arcname=name)
-        with tarfile.open(archive) as tar:
-            tar.extractall(tree, filter="data")
-        archive.unlink()
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), "HEAD"],
+                       cwd=ROOT, check=True, capture_output=True)
         if kind in PLANTS:
             path, change, _ = PLANTS[kind]
             (tree / path).write_text(change((tree / path).read_text()))
@@ -100,7 +93,7 @@ def one_check(kind: str, index: int, baseline: Path, out: Path) -> dict[str, obj
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "cli.py", "check", "--baseline", str(baseline),
                            "--out", str(runs), "--quiet"], cwd=tree, capture_output=True,
-                          text=True)
+                          text=True, env={**os.environ, "LAYERBENCH_CACHE_DIR": str(CACHE)})
     wall = time.perf_counter() - t0
     lines = done.stdout.splitlines()
     summary = next((x for x in lines if x.startswith(("PASS", "FAIL"))), done.stderr[-300:])

@@ -1,15 +1,18 @@
-"""The regression gate's data: a baseline's run-to-run noise, and re-measured verdicts.
+"""The regression gate's data: a baseline's run-to-run noise, its code, and re-measured verdicts.
 
 A baseline is a run directory (``results.csv``, ``samples.csv``, ``meta.json``) plus
 ``noise.csv``: for every case, how much its median moved between repeated runs of unchanged code
 (A/A), as the standard deviation of the log medians, in seconds and relative to the same run's
-eager builtin. ``check`` widens each case's threshold to 3x that noise (``gate``), and a case
-flagged slower must be slower again in every re-measurement, or it is reported ``suspicious``,
-not failed.
+eager builtin; and ``code.tar.gz``, the code it timed. ``check`` widens each case's threshold to
+3x that noise (``gate``). A case flagged slower is timed again, the baseline's code and the
+current code one after the other, and must be slower than the baseline's code in every such
+round, or it is reported ``suspicious``, not failed: a machine that drifted since the baseline
+was recorded (a noisy neighbour, another host of the same kind) moves both alike.
 """
 
 from __future__ import annotations
 
+import tarfile
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -19,8 +22,11 @@ import pandas as pd
 
 from reports.compare import Comparison, compare_runs
 from reports.schema import KEY_COLUMNS, RunDataError, load_run
+from suites.compilation import PROJECT_ROOT
 
 NOISE_FILE = "noise.csv"
+CODE_FILE = "code.tar.gz"  # the code the baseline timed: the project's packages + impl files
+CODE_PARTS = ("cli.py", "impls", "suites", "reports")
 NOISE_COLUMNS = [*KEY_COLUMNS, "repeats", "noise_abs", "noise_rel"]
 REF_KEY = ["layer", "device", "dtype", "mode", "case"]
 
@@ -74,6 +80,49 @@ def load_noise(baseline: Path, basis: str) -> dict[tuple[str, ...], float]:
             for _, row in frame.iterrows() if np.isfinite(row[column])}
 
 
+def save_code(baseline: Path, impl_files: tuple[Path, ...]) -> Path:
+    """Store the code being timed in ``baseline/code.tar.gz``: this project's ``cli.py`` and
+    packages (Python files) and the implementation files, as ``impl_files/<i>_<name>``.
+
+    A check times flagged cases with this code and the current code alongside, so a machine
+    that drifted since the baseline was recorded is not taken for a regression.
+    """
+    path = baseline / CODE_FILE
+    with tarfile.open(path, "w:gz") as tar:
+        for part in CODE_PARTS:
+            source = PROJECT_ROOT / part
+            files = [source] if source.is_file() else sorted(source.rglob("*.py"))
+            for file in files:
+                tar.add(file, arcname=str(file.relative_to(PROJECT_ROOT)))
+        for i, file in enumerate(impl_files):
+            tar.add(file, arcname=f"impl_files/{i}_{file.name}")
+    return path
+
+
+def load_code(baseline: Path, dest: Path) -> tuple[Path | None, tuple[Path, ...], str]:
+    """The baseline's stored code unpacked into the new directory ``dest``: (``dest``, its
+    implementation files, "") or (None, (), why not)."""
+    path = baseline / CODE_FILE
+    if not path.is_file():
+        return None, (), f"{baseline} stores no code ({CODE_FILE}; save the baseline again)"
+    try:
+        with tarfile.open(path) as tar:
+            names = tar.getnames()
+            if any(Path(n).is_absolute() or ".." in Path(n).parts for n in names):
+                return None, (), f"{path}: a path outside the archive"
+            dest.mkdir(parents=True)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:  # Python < 3.10.12: the names are checked above
+                tar.extractall(dest)
+    except (OSError, tarfile.TarError) as exc:
+        return None, (), f"{path}: unreadable ({exc})"
+    impl_dir = dest / "impl_files"
+    impl_files = tuple(sorted(impl_dir.iterdir(), key=lambda p: int(p.name.split("_")[0]))
+                       if impl_dir.is_dir() else ())
+    return dest, impl_files, ""
+
+
 def restrict(comparison: Comparison, layers: tuple[str, ...]) -> Comparison:
     """Only the cases of ``layers`` (a check of some layers against a baseline of all)."""
     frame = comparison.frame[comparison.frame["layer"].isin(layers)]
@@ -120,9 +169,11 @@ def combine(relative: Comparison, absolute: Comparison) -> Comparison:
 
 
 def gate(baseline: Path, run_dir: Path, basis: str, threshold: float, alpha: float,
-         layers: tuple[str, ...]) -> Comparison:
+         layers: tuple[str, ...], noise_of: Path | None = None) -> Comparison:
     """The gate's verdict on ``run_dir`` against ``baseline`` for ``layers``, before any
-    re-measurement; ``RunDataError`` on unusable input.
+    re-measurement; ``RunDataError`` on unusable input. ``noise_of``: the baseline whose
+    ``noise.csv`` applies (default ``baseline``; a re-measurement of the baseline's code has
+    none of its own).
 
     ``basis`` ``relative`` or ``absolute``: that basis, each case's threshold widened to 3x its
     baseline noise. ``both`` (one kind of machine): slower in seconds beyond 3x the noise in
@@ -132,9 +183,10 @@ def gate(baseline: Path, run_dir: Path, basis: str, threshold: float, alpha: flo
     def one(b: str, noise: Mapping[tuple[str, ...], float] | None) -> Comparison:
         return restrict(compare_runs([baseline, run_dir], b, threshold, alpha, noise), layers)
 
+    noisy = noise_of or baseline
     if basis == "both":
-        return combine(one("relative", None), one("absolute", load_noise(baseline, "absolute")))
-    return one(basis, load_noise(baseline, basis))
+        return combine(one("relative", None), one("absolute", load_noise(noisy, "absolute")))
+    return one(basis, load_noise(noisy, basis))
 
 
 def flagged(comparison: Comparison) -> list[tuple[str, ...]]:
@@ -143,11 +195,13 @@ def flagged(comparison: Comparison) -> list[tuple[str, ...]]:
     return [tuple(r) for r in rows[list(KEY_COLUMNS)].astype(str).itertuples(index=False)]
 
 
-def confirm(comparison: Comparison, again: list[Comparison]) -> Comparison:
+def confirm(comparison: Comparison, again: list[Comparison], against: str = "") -> Comparison:
     """Keep ``slower`` only for cases found slower in every re-measurement in ``again``.
 
     A flag that does not reproduce becomes ``suspicious`` (reported, not a failure), with the
-    re-measured ratios in its note. Correctness regressions are not touched: they always fail.
+    re-measured ratios in its note; ``against`` says what the re-measurements were compared
+    with (e.g. the baseline's code, timed alongside). Correctness regressions are not touched:
+    they always fail.
     """
     frame = comparison.frame.copy()
     keys = frame[list(KEY_COLUMNS)].astype(str).apply(tuple, axis=1)
@@ -161,11 +215,12 @@ def confirm(comparison: Comparison, again: list[Comparison]) -> Comparison:
             ratios.append(float(match["ratio"].iloc[0]) if len(match) else float("nan"))
         seen = ", ".join(f"x{r:.3g}" for r in ratios)
         if again and all(v == "slower" for v in verdicts):
-            frame.loc[index, "note"] = f"confirmed by {len(again)} re-measurement(s): {seen}"
+            frame.loc[index, "note"] = (f"confirmed by {len(again)} re-measurement(s)"
+                                        f"{against}: {seen}")
         else:
             frame.loc[index, ["verdict", "regression"]] = ["suspicious", False]
-            frame.loc[index, "note"] = (f"did not reproduce in re-measurement(s): {seen}"
-                                        if again else "not re-measured")
+            frame.loc[index, "note"] = (f"did not reproduce in re-measurement(s){against}: "
+                                        f"{seen}" if again else "not re-measured")
     return replace(comparison, frame=frame, regressions=int(frame["regression"].sum()))
 
 

@@ -60,13 +60,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _git(*args: str, cwd: Path = PROJECT_ROOT, timeout: float = 30) -> str:
+    """``git ARGS`` in ``cwd``; its output. Raises ``OSError`` or ``SubprocessError``."""
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, check=True).stdout.strip()
+
+
 def git_commit() -> str | None:
+    """The commit of this project's code, ``-dirty`` when tracked files differ from it; None
+    outside a git checkout of it (an exported tree inside another repository included)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5,
-                               check=True).stdout.strip()
+        if Path(_git("rev-parse", "--show-toplevel")).resolve() != PROJECT_ROOT:
+            return None
+        out = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
     return out + ("-dirty" if dirty else "")
@@ -94,6 +101,7 @@ def machine_info(devices: list[str]) -> dict[str, Any]:
         "mkldnn": torch.backends.mkldnn.is_available(),
         "threads": torch.get_num_threads(),
         "git_commit": git_commit(),
+        "code_root": str(PROJECT_ROOT),
         "inductor_cache_dir": str(inductor_cache_dir()),
         "tf32": tf32_flags(),
         "gpus": [],

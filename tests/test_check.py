@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -144,46 +145,53 @@ from impls import register_impl
 
 @register_impl("pool", "mine")
 def max_pool2d_mine(x, k):
-    return {body}
+    return {mine}
+
+@register_impl("pool", "other")
+def max_pool2d_other(x, k):
+    return {other}
 '''
 GOOD, WRONG = "F.max_pool2d(x, k)", "F.avg_pool2d(x, k)"
-SAVE = ("--layer", "pool", "--repeats", "2", "--min-time", "0.05", "--quiet")
+SLOW = "[F.max_pool2d(x, k) for _ in range(30)][-1]"  # the same result, 30 times the work
+SAVE = ("--layer", "pool", "--repeats", "2", "--min-time", "0.05", "--threads", "1", "--quiet")
 
 
 @pytest.fixture(scope="module")
 def checks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
     root = tmp_path_factory.mktemp("check")
     mine = root / "mine.py"
-    mine.write_text(POOL_IMPL.format(body=GOOD), encoding="utf-8")
+    mine.write_text(POOL_IMPL.format(mine=GOOD, other=GOOD), encoding="utf-8")
     baseline = root / "baseline"
     saved = run_cli("check", "--save-baseline", "--baseline", baseline, "--impl-file", mine,
                     *SAVE, "--out", root / "aa")
     assert saved.returncode == 0, describe(saved)
-    faster = root / "doctored"  # the baseline as if unfold had been 10x faster, and steady
-    shutil.copytree(baseline, faster)
-    for name, columns, scale in (("samples.csv", ["seconds"], 0.1),
-                                 ("results.csv", ["median_ms"], 0.1),
-                                 ("noise.csv", ["noise_abs", "noise_rel"], 0.0)):
-        frame = pd.read_csv(faster / name, keep_default_na=False, na_values=[""])
-        frame.loc[frame["impl"] == "unfold", columns] *= scale
-        frame.to_csv(faster / name, index=False)
+    drifted = root / "drifted"  # as if the machine had been 10x faster for unfold back then
+    shutil.copytree(baseline, drifted)
+    for name, columns in (("samples.csv", ["seconds"]), ("results.csv", ["median_ms"])):
+        frame = pd.read_csv(drifted / name, keep_default_na=False, na_values=[""])
+        frame.loc[frame["impl"] == "unfold", columns] *= 0.1
+        frame.to_csv(drifted / name, index=False)
     summary = root / "step-summary.md"
     with ThreadPoolExecutor(max_workers=3) as pool:
         jobs = Jobs(root / "jobs", pool)
         jobs.add("a-a", "check", "--baseline", baseline, "--threshold", "1.0", "--quiet",
                  "--out", "{out}", env={"GITHUB_STEP_SUMMARY": str(summary)})
-        jobs.add("slower", "check", "--baseline", faster, "--quiet", "--out", "{out}")
+        # (the drift is 10x; a bar of 1.5 keeps a tiny case's process-to-process noise out)
+        jobs.add("drifted", "check", "--baseline", drifted, "--remeasure", "1",
+                 "--threshold", "0.5", "--quiet", "--out", "{out}")
         jobs.add("missing", "check", "--baseline", root / "nothing", "--out", "{out}")
         jobs.add("other-layer", "check", "--baseline", baseline, "--layer", "conv",
                  "--out", "{out}")
         jobs.add("impl-file-alone", "check", "--baseline", baseline, "--impl-file", mine,
                  "--out", "{out}")
-        jobs["a-a"].proc  # noqa: B018 - wait: the next check loads a changed file
-        jobs["slower"].proc  # noqa: B018
-        mine.write_text(POOL_IMPL.format(body=WRONG), encoding="utf-8")
-        jobs.add("wrong", "check", "--baseline", baseline, "--threshold", "1.0", "--quiet",
+        jobs["a-a"].proc  # noqa: B018 - wait: the next check changes the file
+        jobs["drifted"].proc  # noqa: B018
+        # mine: 30 times the work, the same result; other: a wrong result
+        mine.write_text(POOL_IMPL.format(mine=SLOW, other=WRONG), encoding="utf-8")
+        jobs.add("changed", "check", "--baseline", baseline, "--remeasure", "1", "--quiet",
                  "--out", "{out}")
         jobs.summary = summary  # type: ignore[attr-defined]
+        jobs.mine = mine  # type: ignore[attr-defined]
         yield jobs
 
 
@@ -199,22 +207,30 @@ def test_unchanged_code_passes_its_own_baseline(checks: Jobs) -> None:
 
 
 def test_a_slower_implementation_fails_after_re_measurement(checks: Jobs) -> None:
-    proc = checks["slower"].proc
+    proc = checks["changed"].proc
     assert proc.returncode == 1, describe(proc)
-    flagged = [line for line in proc.stdout.splitlines() if line.startswith("REGRESSION")]
-    assert flagged and all("pool/unfold" in line for line in flagged), proc.stdout
-    assert all("confirmed by 2 re-measurement(s)" in line for line in flagged)
-    check_dir = next(checks["slower"].out.iterdir())
-    assert (check_dir / "remeasure-2" / "results.csv").is_file()
+    flagged = [line for line in proc.stdout.splitlines()
+               if line.startswith("REGRESSION pool/mine")]
+    assert flagged, proc.stdout
+    assert all("confirmed by 1 re-measurement(s) against the baseline's code" in line
+               for line in flagged), flagged
+    check_dir = next(checks["changed"].out.iterdir())
+    stored = check_dir / "baseline-code" / "impl_files" / "0_mine.py"
+    assert stored.read_text(encoding="utf-8") == POOL_IMPL.format(mine=GOOD, other=GOOD)
+    # the baseline's copy of the file, then the changed file, timed one after the other
+    for run, path in (("baseline-1", stored), ("remeasure-1", checks.mine)):  # type: ignore
+        meta = json.loads((check_dir / run / "meta.json").read_text(encoding="utf-8"))
+        assert [Path(f) for f in meta["config"]["impl_files"]] == [path.resolve()], run
     frame = pd.read_csv(check_dir / "compare.csv")
     ratios = frame.loc[frame["verdict"] == "slower", "ratio"]
     assert not ratios.empty and all(r > 3.0 for r in ratios)
 
 
 def test_a_result_that_became_wrong_always_fails(checks: Jobs) -> None:
-    proc = checks["wrong"].proc
+    proc = checks["changed"].proc
     assert proc.returncode == 1, describe(proc)
-    assert "pool/mine" in proc.stdout and "correctness changed" in proc.stdout
+    wrong = [line for line in proc.stdout.splitlines() if line.startswith("REGRESSION pool/other")]
+    assert wrong and all("correctness changed" in line for line in wrong), proc.stdout
 
 
 @pytest.mark.parametrize(("name", "words"), [("missing", "not a baseline"),
@@ -222,6 +238,19 @@ def test_a_result_that_became_wrong_always_fails(checks: Jobs) -> None:
                                              ("impl-file-alone", "--save-baseline")])
 def test_bad_check_input_exits_2(checks: Jobs, name: str, words: str) -> None:
     assert words in one_line_error(checks[name].proc)
+
+
+def test_a_drifted_baseline_passes_against_its_own_code(checks: Jobs) -> None:
+    proc = checks["drifted"].proc
+    assert proc.returncode == 0, describe(proc)
+    check_dir = next(checks["drifted"].out.iterdir())
+    frame = pd.read_csv(check_dir / "compare.csv", keep_default_na=False)
+    remeasured = frame[frame["note"].str.contains("re-measurement")]
+    assert "unfold" in set(remeasured["impl"]), frame["note"]
+    assert remeasured["note"].str.startswith("did not reproduce in re-measurement(s) against "
+                                             "the baseline's code").all(), remeasured["note"]
+    meta = json.loads((check_dir / "baseline-1" / "meta.json").read_text())
+    assert Path(meta["machine"]["code_root"]) == (check_dir / "baseline-code").resolve()
 
 
 def test_noise_pools_more_a_a_runs_into_a_baseline(tmp_path: Path) -> None:
