@@ -306,9 +306,13 @@ def _all_ceilings(config: BenchConfig, console: Console) -> dict[str, Any]:
 
 def _ceilings(device: str, console: Console) -> dict[str, object]:
     """The device's cached ceilings; measured first (a few seconds) when none are cached."""
-    if not calibration.cache_path(device).is_file():
+    fresh = not calibration.cache_path(device).is_file()
+    if fresh:
         console.print(f"calibrating {device} once (peak matmul FLOP/s, copy bandwidth) ...")
-    return calibration.ceilings(device)
+    measured = calibration.ceilings(device)
+    if fresh and (warning := calibration.busy_warning(measured)):
+        console.print(f"warning: {warning}", markup=False)
+    return measured
 
 
 def _report(run_dir: Path, console: Console) -> None:
@@ -709,12 +713,14 @@ def _check(baseline: Path, layers: tuple[str, ...], basis: str, threshold: float
                                               check_dir / f"remeasure-{i + 1}", quiet)))
                 continue
             # Paired: the baseline's code and the current code, each in a fresh process, one
-            # after the other; a drift of the machine since the baseline moves both alike.
-            before = _measure_code(code, baseline, subset, check_dir / f"baseline-{i + 1}",
-                                   quiet, impl_files)
-            now_dir = _measure_code(PROJECT_ROOT, baseline, subset,
-                                    check_dir / f"remeasure-{i + 1}", quiet)
-            again.append(compare(now_dir, against=before))
+            # after the other (which goes first alternates); a drift of the machine since the
+            # baseline was recorded moves both alike.
+            runs = {}
+            for which in ("baseline", "remeasure")[:: 1 if i % 2 == 0 else -1]:
+                tree, files = (code, impl_files) if which == "baseline" else (PROJECT_ROOT, ())
+                runs[which] = _measure_code(tree, baseline, subset,
+                                            check_dir / f"{which}-{i + 1}", quiet, files)
+            again.append(compare(runs["remeasure"], against=runs["baseline"]))
     verdict = confirm(comparison, again, against)
     paths = write_comparison(verdict, check_dir)
     line = summary_line(verdict)
@@ -845,6 +851,8 @@ def calibrate_command(devices: tuple[str, ...], threads: int, force: bool) -> No
                    f"{ceiling_text(measured)}")
         click.echo(f"  measured {measured['measured_at']} in {measured['measure_s']} s, "
                    f"cached in {cached}")
+        if warning := calibration.busy_warning(measured):
+            click.echo(f"  warning: {warning}")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ MATMUL_SIZES = (256, 512, 1024, 2048, 4096, 8192)  # square n; grown until a cal
 LONG_CALL_S = 0.02  # a matmul this long is past launch and cache effects
 COPY_BYTES = {"cpu": 256 * 2**20, "cuda": 2**30, "mps": 2**30}  # far beyond any cache
 TIMER_S = 0.2  # seconds of timing per measurement
+BUSY_LOAD = 0.5  # a 1-minute load average above this before a CPU calibration: not quiet
 
 
 def cache_dir() -> Path:
@@ -64,6 +65,16 @@ def ceilings(device: str, force: bool = False) -> dict[str, Any]:
     return measured
 
 
+def busy_warning(measured: dict[str, Any]) -> str | None:
+    """A warning when ``measured`` was taken on a busy CPU (see ``measure``), else None."""
+    load = measured.get("load_before")
+    if load is None or load <= BUSY_LOAD:
+        return None
+    return (f"the machine was busy when these ceilings were measured (1-minute load "
+            f"{load:.2f}): they may be low, and roofline fractions high; rerun `python cli.py "
+            f"calibrate --force` when it is quiet")
+
+
 def save(device: str, measured: dict[str, Any]) -> Path:
     """Cache ``measured`` as the ceilings of ``device`` (atomically: never a half file)."""
     path = cache_path(device)
@@ -75,7 +86,12 @@ def save(device: str, measured: dict[str, Any]) -> Path:
 
 
 def measure(device: str) -> dict[str, Any]:
-    """Measure peak matmul GFLOP/s for every dtype the device runs, and copy GB/s."""
+    """Measure peak matmul GFLOP/s for every dtype the device runs, and copy GB/s.
+
+    On the CPU, ``load_before`` is the 1-minute load average as the measurement starts: other
+    work on the cores lowers the ceilings, and every roofline fraction divided by them rises.
+    """
+    load = os.getloadavg()[0] if device == "cpu" and hasattr(os, "getloadavg") else None
     start = time.perf_counter()
     gflops = {}
     for name, dtype in DTYPE_NAMES.items():
@@ -89,7 +105,7 @@ def measure(device: str) -> dict[str, Any]:
         else:
             gflops[name] = matmul_gflops(device, dtype)
     return {"device": device, "device_name": device_name(device), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "matmul_gflops": gflops,
+            "threads": torch.get_num_threads(), "load_before": load, "matmul_gflops": gflops,
             "copy_gbps": copy_gbps(device), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "measure_s": round(time.perf_counter() - start, 2)}
 

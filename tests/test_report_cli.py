@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from suites import calibration
 from tests._cli import ROOT, Jobs, cli_env, describe, one_line_error
 from tests._report import assert_self_contained
 from tests._runs import FakeCase, fake_run, noisy
@@ -130,6 +131,7 @@ def test_calibrate_measures_and_caches_the_ceilings(jobs: Jobs) -> None:
     for dtype, gflops in ceilings["matmul_gflops"].items():
         assert 0.1 < gflops < 1e6, (dtype, gflops)  # any CPU, never zero or absurd
     assert 0.1 < ceilings["copy_gbps"] < 1e4
+    assert ceilings["load_before"] >= 0  # the 1-minute load as the measurement started
     assert str(cached[0]) in proc.stdout
     # a second call reads the cache instead of measuring again
     again = subprocess.run([sys.executable, "cli.py", "calibrate"], cwd=ROOT, text=True,
@@ -139,3 +141,11 @@ def test_calibrate_measures_and_caches_the_ceilings(jobs: Jobs) -> None:
     assert json.loads(cached[0].read_text(encoding="utf-8")) == ceilings
     assert f"measured {ceilings['measured_at']}" in again.stdout
 
+
+
+def test_a_calibration_on_a_busy_machine_is_flagged() -> None:
+    quiet = {"device": "cpu", "load_before": 0.1}
+    assert calibration.busy_warning(quiet) is None
+    assert calibration.busy_warning({"device": "cuda", "load_before": None}) is None
+    warning = calibration.busy_warning({**quiet, "load_before": 1.7})
+    assert warning is not None and "1.70" in warning and "calibrate --force" in warning
