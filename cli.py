@@ -744,6 +744,7 @@ def _measure_code(tree: Path, baseline: Path, cases: list[Case], run_dir: Path, 
     """Time ``cases`` with the code in ``tree`` (its own ``cli.py measure``, a fresh process)
     into the new run directory ``run_dir``, configured as ``baseline`` was (``impl_files``
     instead of its implementation files, when given)."""
+    tree = tree.resolve()  # the process runs in it: a relative path would point elsewhere
     keys = run_dir.with_name(f"{run_dir.name}-keys.csv")
     with keys.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

@@ -77,7 +77,9 @@ class Jobs:
     def add(self, name: str, *args: object, env: dict[str, str] | None = None) -> None:
         out = self.root / name
         out.mkdir(parents=True)
-        args = tuple(str(out) if a == "{out}" else a for a in args)
+        # "{out}": the job's output directory; "{relout}": the same, relative to the project
+        places = {"{out}": str(out), "{relout}": os.path.relpath(out, ROOT)}
+        args = tuple(places.get(a, a) if isinstance(a, str) else a for a in args)
         self.jobs[name] = Job(self.pool.submit(run_cli, *args, env=env), out)
 
     def __getitem__(self, name: str) -> Job:
