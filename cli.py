@@ -36,6 +36,7 @@ from suites.environment import available_devices, device_problem, machine_info
 from suites.presets import PRESET_NAMES, notes_size, parse_size
 from suites.profiling import trace_name
 from suites.runner import run
+from suites.timing import steady_malloc
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -857,6 +858,7 @@ def calibrate_command(devices: tuple[str, ...], threads: int, force: bool) -> No
 
 
 def main() -> None:
+    steady_malloc()  # before anything is measured: every command meets the same allocator
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

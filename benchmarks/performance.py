@@ -310,7 +310,8 @@ def main() -> None:
              f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {machine.get('cpu_model')} "
              f"({machine.get('cpu_count')} cores, {machine.get('threads')} threads), torch "
              f"{machine.get('torch')}, commit {commit}, by `python benchmarks/performance.py "
-             f"--parts {','.join(parts)}{' ' + ' '.join(THREADS) if THREADS else ''}`.", ""]
+             f"--parts {','.join(parts)}{' ' + ' '.join(THREADS) if THREADS else ''}`; glibc "
+             f"malloc thresholds {machine.get('malloc') or 'left to the system'}.", ""]
     steps: dict[str, Callable[[], list[str]]] = {
         "ratios": lambda: part_ratios(args.work, tuple(args.ratio_layers.split(","))),
         "stability": lambda: part_stability(args.work)[0],

@@ -29,6 +29,11 @@ def environment_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:
         tf32 = machine.get("tf32") or {}
         rows.append(("TF32", ", ".join(f"{k}={v}" for k, v in tf32.items())))
     rows.append(("git commit", str(machine.get("git_commit") or "unknown")))
+    if "malloc" in machine:  # runs before the thresholds were fixed do not say
+        malloc = machine["malloc"]
+        rows.append(("malloc", "glibc thresholds fixed: " + ", ".join(
+            f"{k.replace('_', ' ')} {v / 2**20:g} MiB" for k, v in malloc.items())
+            if malloc else "system default (thresholds not fixed)"))
     for device, ceilings in (meta.get("calibration") or {}).items():
         rows.append((f"ceilings {device}", ceiling_text(ceilings)))
     if meta.get("interrupted"):

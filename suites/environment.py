@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from suites.compilation import PROJECT_ROOT, inductor_cache_dir
+from suites.timing import steady_malloc
 
 
 def device_problem(device: str) -> str:
@@ -104,6 +105,7 @@ def machine_info(devices: list[str]) -> dict[str, Any]:
         "code_root": str(PROJECT_ROOT),
         "inductor_cache_dir": str(inductor_cache_dir()),
         "tf32": tf32_flags(),
+        "malloc": steady_malloc(),
         "gpus": [],
     }
     if any(d.startswith("cuda") for d in devices):
