@@ -46,10 +46,15 @@ class CaseInputs:
     grad: tuple[str, ...] = ()
     state: tuple[str, ...] = ()
 
-    def to(self, dtype: torch.dtype, device: torch.device | str) -> CaseInputs:
-        """Floating tensors cast to ``dtype`` and moved to ``device``; others only moved."""
+    def to(self, dtype: torch.dtype, device: torch.device | str,
+           copy: bool = False) -> CaseInputs:
+        """Floating tensors cast to ``dtype`` and moved to ``device``; others only moved.
+
+        With ``copy``, every tensor is a new one even where nothing changes.
+        """
         moved = {
-            name: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+            name: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype,
+                       copy=copy)
             for name, t in self.tensors.items()
         }
         return CaseInputs(moved, dict(self.static), self.grad, self.state)

@@ -4,10 +4,16 @@ A trial builds fresh seeded inputs, rounds them to the case's dtype, runs the im
 the case's device and the reference in float64 on the CPU *from the same rounded values*, and
 compares the output and, in ``fwdbwd``, the gradient of every input and parameter, plus any state
 the layer updates. Several trials with different seeds make a lucky pass unlikely.
+
+The implementations of one size share their seeds, so the float64 side of a trial (inputs and
+reference answers) is computed once and kept for the next cases (``REFERENCE_CACHE_BYTES``);
+each trial still gets inputs of its own.
 """
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,14 +145,74 @@ class Trial:
 
 def make_trial(layer: Layer, params: Params, seed: int, dtype: torch.dtype, device: str,
                mode: str) -> Trial:
-    """Fresh inputs from ``seed`` and the reference's outputs, gradients and updated state."""
+    """Inputs from ``seed`` (a fresh copy on ``device``) and the reference's outputs,
+    gradients and updated state."""
+    ref = _reference(layer, params, seed, dtype, mode)
+    grad_out = None if ref.grad_out is None else ref.grad_out.to(device=device, dtype=dtype)
+    return Trial(layer, mode, ref.inputs.to(dtype, device, copy=True), grad_out, ref.outs,
+                 ref.grads, ref.state)
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The device-independent side of a trial, all float64 on the CPU (never modified)."""
+
+    layer: Layer  # kept alive: the cache key holds its id
+    inputs: CaseInputs  # the inputs rounded to the case's dtype, exactly
+    grad_out: Tensor | None  # fwdbwd: the upstream gradient, rounded likewise
+    outs: tuple[Tensor, ...]
+    grads: dict[str, Tensor]
+    state: dict[str, Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.inputs.tensors.values(), *self.outs, *self.grads.values(),
+                   *self.state.values(), *([self.grad_out] if self.grad_out is not None else [])]
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
+
+
+def _cache_bytes() -> int:
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        memory = 8 << 30
+    return min(4 << 30, memory // 8)
+
+
+#: Bytes of float64 references kept between cases: the trials of a size, for the size's next
+#: implementations (the notes' transformer takes ~0.4 GB and ~0.7 s of ``torch.randn`` per
+#: trial, and its 3 trials must fit, or each evicts the next). Oldest dropped first; a larger
+#: single reference is not kept. The smaller of 4 GiB and an eighth of the memory.
+REFERENCE_CACHE_BYTES = _cache_bytes()
+_REFERENCES: OrderedDict[tuple[Any, ...], _Reference] = OrderedDict()
+
+
+def _reference(layer: Layer, params: Params, seed: int, dtype: torch.dtype,
+               mode: str) -> _Reference:
+    key = (id(layer), tuple(sorted(params.items())), seed, dtype, mode)
+    if (found := _REFERENCES.get(key)) is not None:
+        _REFERENCES.move_to_end(key)
+        return found
+    found = _new_reference(layer, params, seed, dtype, mode)
+    size = found.nbytes
+    if size <= REFERENCE_CACHE_BYTES:
+        _REFERENCES[key] = found
+        while sum(r.nbytes for r in _REFERENCES.values()) > REFERENCE_CACHE_BYTES:
+            _REFERENCES.popitem(last=False)
+    return found
+
+
+def _new_reference(layer: Layer, params: Params, seed: int, dtype: torch.dtype,
+                   mode: str) -> _Reference:
     generator = torch.Generator().manual_seed(seed)
-    inputs = layer.make_inputs(params, generator).to(dtype, device)
-    ref = inputs.to(torch.float64, "cpu").clone()  # the rounded values, exactly; own storage
+    # rounded to dtype and back: float64 holds every value of the lower precisions exactly
+    ref = layer.make_inputs(params, generator).to(dtype, "cpu").to(torch.float64, "cpu",
+                                                                   copy=True)
+    inputs = ref.clone()  # kept pristine: the reference below updates its state in place
     if mode == "fwd":
         with torch.no_grad():
             outs = _as_tuple(layer.reference(**ref.tensors, **ref.static))
-        return Trial(layer, mode, inputs, None, outs, {}, _state(ref))
+        return _Reference(layer, inputs, None, outs, {}, _state(ref))
     leaves = {n: t.detach().requires_grad_(n in ref.grad) for n, t in ref.tensors.items()}
     outs = _as_tuple(layer.reference(**leaves, **ref.static))
     wanted = [leaves[n] for n in ref.grad]
@@ -155,12 +221,13 @@ def make_trial(layer: Layer, params: Params, seed: int, dtype: torch.dtype, devi
         grads = torch.autograd.grad(layer.loss(outs[0], leaves), wanted)
         with torch.no_grad():
             updated = {n: leaves[n] - layer.lr * g for n, g in zip(ref.grad, grads, strict=True)}
-        return Trial(layer, mode, inputs, None, detached, {}, {**_state(ref), **updated})
+        return _Reference(layer, inputs, None, detached, {}, {**_state(ref), **updated})
     grad_out = torch.randn(outs[0].shape, generator=generator, dtype=torch.float64)
     grad_out = grad_out.to(dtype).double()  # what the implementation will receive
     grads = torch.autograd.grad(outs[0], wanted, grad_out)
-    return Trial(layer, mode, inputs, grad_out.to(device=device, dtype=dtype), detached,
-                 dict(zip(ref.grad, (g.detach() for g in grads), strict=True)), _state(ref))
+    return _Reference(layer, inputs, grad_out, detached,
+                      dict(zip(ref.grad, (g.detach() for g in grads), strict=True)),
+                      _state(ref))
 
 
 def _as_tuple(out: Any) -> tuple[Any, ...]:

@@ -1,7 +1,8 @@
 """Timing: warm up, then collect raw samples of one zero-argument callable.
 
-CPU: blocks of calls timed by ``torch.utils.benchmark.Timer`` (one sample = the mean call time of
-one block lasting about ``block_s``). CUDA: one call per sample between two CUDA events, with a
+CPU: blocks of calls timed by ``timeit`` with the thread count set, as
+``torch.utils.benchmark.Timer`` does (one sample = the mean call time of one block lasting about
+``block_s``). CUDA: one call per sample between two CUDA events, with a
 buffer larger than the L2 cache overwritten before every sample, outside the timed region, so
 each call starts from a cold cache as it would inside a network.
 
@@ -11,17 +12,18 @@ the same allocator whatever ran before it in the process.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
 import time
-from collections.abc import Callable
+import timeit
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils import benchmark
 
 from suites.config import TimingConfig
 
@@ -141,10 +143,27 @@ def measure(step: Callable[[], Any], device: str, config: TimingConfig,
     else:
         timed = step
     calls = max(1, round(config.block_s / per_call_s))
-    timer = benchmark.Timer(stmt="timed()", globals={"timed": timed}, num_threads=threads)
-    seconds = [timer.timeit(calls).times[0]
-               for _ in range(sample_count(per_call_s, calls, config))]
+    # timeit's loop, as torch.utils.benchmark.Timer runs it, but not Timer.timeit: that calls
+    # the statement max(calls // 100, 2) more times before every sample, which tripled the
+    # cost of a slow case (one call per sample) and added nothing the warm-up had not done.
+    timer = timeit.Timer(timed, timer=time.perf_counter)  # garbage collection off while timing
+    with _torch_threads(threads):
+        seconds = [max(timer.timeit(calls), 1e-9) / calls
+                   for _ in range(sample_count(per_call_s, calls, config))]
     return Samples(tuple(seconds), calls)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """``threads`` CPU threads for torch inside the block, the previous count restored after."""
+    before = torch.get_num_threads()
+    if threads and threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _measure_cuda(step: Callable[[], Any], per_call_s: float, config: TimingConfig) -> Samples:

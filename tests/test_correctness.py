@@ -352,3 +352,48 @@ def test_check_does_not_disturb_the_trial_inputs() -> None:
     fresh = make_trial(LAYER, SMALL, SEEDS[0], torch.float32, "cpu", "fwdbwd")
     for name, tensor in fresh.inputs.tensors.items():
         assert torch.equal(trial.inputs.tensors[name], tensor)
+
+
+def test_a_repeated_trial_reuses_its_reference_but_not_its_inputs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every implementation of a size is checked with the same seeds: the float64 side is made
+    # once. An implementation that scribbles over its inputs must not reach the next one.
+    from suites import correctness
+
+    monkeypatch.setattr(correctness, "_REFERENCES", correctness.OrderedDict())
+    bn = REGISTRY.layer("bn")
+    params = {"N": 2, "C": 3, "H": 4, "W": 5, "training": 1}
+    made = []
+    original = type(bn).make_inputs
+    monkeypatch.setattr(type(bn), "make_inputs",
+                        lambda self, *a: made.append(a) or original(self, *a))
+    first = make_trial(bn, params, 7, torch.float32, "cpu", "fwdbwd")
+    pristine = {n: t.clone() for n, t in first.inputs.tensors.items()}
+    for t in first.inputs.tensors.values():
+        t.add_(1.0)  # what a careless implementation (or bn's state update) does
+    second = make_trial(bn, params, 7, torch.float32, "cpu", "fwdbwd")
+    assert len(made) == 1
+    for name, t in second.inputs.tensors.items():
+        assert t.data_ptr() != first.inputs.tensors[name].data_ptr()
+        torch.testing.assert_close(t, pristine[name], rtol=0, atol=0)
+    assert second.ref_out is first.ref_out
+    torch.testing.assert_close(second.grad_out, first.grad_out, rtol=0, atol=0)
+    make_trial(bn, params, 8, torch.float32, "cpu", "fwdbwd")  # another seed: new inputs
+    make_trial(bn, params, 7, torch.bfloat16, "cpu", "fwdbwd")  # another rounding: too
+    assert len(made) == 3
+    fn = REGISTRY.impl("bn", "builtin").fn
+    with torch.enable_grad():  # the reused reference still judges a real implementation
+        verdict, _ = check(fn, bn, params, [7, 7], torch.float32, "cpu", "fwdbwd")
+    assert verdict.ok, verdict.problems
+
+
+def test_the_reference_cache_keeps_within_its_byte_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from suites import correctness
+
+    monkeypatch.setattr(correctness, "_REFERENCES", correctness.OrderedDict())
+    one = correctness._reference(LAYER, SMALL, 0, torch.float32, "fwd").nbytes
+    monkeypatch.setattr(correctness, "REFERENCE_CACHE_BYTES", 2 * one)
+    for seed in range(1, 5):
+        make_trial(LAYER, SMALL, seed, torch.float32, "cpu", "fwd")
+    assert [k[2] for k in correctness._REFERENCES] == [3, 4]  # the newest two

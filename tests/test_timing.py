@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -55,6 +56,29 @@ def test_measure_collects_positive_samples_of_a_cheap_call() -> None:
     assert samples.calls_per_sample >= 1
     # every sample really called the step calls_per_sample times (plus the warm-up calls)
     assert calls[0] >= len(samples.seconds) * samples.calls_per_sample + 2
+
+
+def test_measure_calls_the_step_only_for_warm_up_and_samples(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.utils.benchmark.Timer.timeit calls the statement twice more before each sample: a
+    # slow case (one call per sample) cost three times its samples. No hidden calls here.
+    calls, warm = [0], [0]
+
+    def step() -> None:
+        calls[0] += 1
+        time.sleep(0.002)
+
+    def counted_warm_up(*args: object) -> float:
+        per_call_s = warm_up(*args)  # type: ignore[arg-type]
+        warm[0] = calls[0]
+        return per_call_s
+
+    monkeypatch.setattr(timing, "warm_up", counted_warm_up)
+    config = TimingConfig(min_time_s=0.01, warmup_s=0.001, block_s=0.001, min_samples=4)
+    samples = measure(step, "cpu", config, threads=1)
+    assert samples.calls_per_sample == 1
+    assert calls[0] - warm[0] == len(samples.seconds) >= 4
+    assert all(s >= 0.002 for s in samples.seconds)
 
 
 def test_measure_keeps_the_thread_count() -> None:
