@@ -141,6 +141,10 @@ def conv2d_einsum(x: Tensor, weight: Tensor, bias: Tensor, stride: int, padding:
 #: float32): small enough to stay in cache between the copy and the GEMM that reads them, and far
 #: below glibc's 32 MiB mmap threshold, over which every call would page-fault a fresh buffer.
 COLS_CHUNK_ELEMENTS = 1 << 19
+#: Columns this small go through one ``addmm`` whatever the thread count: per-call overhead
+#: dominates there, and ``baddbmm`` costs more of it (2x3x10x9, 3x3 stride 2: 0.5 vs 0.75 x
+#: builtin on 2 threads).
+TINY_COLS_ELEMENTS = 1 << 15
 
 
 def _window_cols(x: Tensor, k: int, stride: int, H_out: int, W_out: int, dtype: torch.dtype,
@@ -176,12 +180,13 @@ def conv2d_im2col_chunked(x: Tensor, weight: Tensor, bias: Tensor, stride: int,
 
     Unlike ``im2col`` (F.unfold over the whole batch, then a matmul and a separate bias add),
     the columns are gathered from a strided window view, about ``COLS_CHUNK_ELEMENTS`` per
-    thread at a time, and the bias rides in the GEMM. When the whole batch fits in one chunk,
-    one ``addmm`` with the batch folded into its N dimension (fewest calls: small sizes are
-    dispatch-bound);
-    the output is then an NCHW view of a ``(C_out, N, H_out, W_out)`` buffer, not contiguous
-    when N > 1. Otherwise a few padded images at a time go through ``baddbmm``, which writes
-    each image's ``(C_out, L)`` output in contiguous NCHW order.
+    thread at a time, and the bias rides in the GEMM. Batched, images go through ``baddbmm``,
+    which splits its batch between threads and writes each image's ``(C_out, L)`` output in
+    contiguous NCHW order. One ``addmm`` with the batch folded into its N dimension instead
+    when the batch fits in one chunk and one thread runs, or the columns are tiny (fewest
+    calls: such sizes are dispatch-bound); the output is then an NCHW view of a
+    ``(C_out, N, H_out, W_out)`` buffer, not contiguous when N > 1. (On 2 threads MKL's split
+    of that one skinny GEMM left a core idle: 64 MNIST digits 0.94 x builtin, 0.55 batched.)
     """
     N, C_in, H, W = x.shape
     C_out, _, k, _ = weight.shape
@@ -197,7 +202,9 @@ def conv2d_im2col_chunked(x: Tensor, weight: Tensor, bias: Tensor, stride: int,
     pad = (padding, padding, padding, padding)
     w2 = weight.reshape(C_out, K)  # (C_out, C_in*k*k)
     b2 = bias.unsqueeze(1)  # (C_out, 1): broadcast over the output pixels
-    if N * K * L <= COLS_CHUNK_ELEMENTS:
+    threads = torch.get_num_threads()
+    if N * K * L <= COLS_CHUNK_ELEMENTS and (N == 1 or threads == 1
+                                            or N * K * L <= TINY_COLS_ELEMENTS):
         cols = _window_cols(F.pad(x, pad) if padding else x, k, stride, H_out, W_out, dtype,
                             batch_first=False)  # (C_in*k*k, N*L)
         out = torch.addmm(b2, w2, cols)  # (C_out, K) @ (K, N*L) -> (C_out, N*L)
@@ -208,7 +215,6 @@ def conv2d_im2col_chunked(x: Tensor, weight: Tensor, bias: Tensor, stride: int,
     # whole images for every thread: baddbmm splits its batch between threads, and a GEMM this
     # small gains little from being split itself (5x5, 16->32 channels: 1.43 -> 1.12 x builtin
     # on 2 threads with 2 images per chunk instead of 1)
-    threads = torch.get_num_threads()
     chunk = -(-chunk // threads) * threads
     if half:
         # autograd sums the chunks' weight and bias gradients: in float32 too (.to() below

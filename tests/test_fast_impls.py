@@ -148,6 +148,28 @@ def test_conv_forward_and_gradients_match_conv2d(size: tuple[int, ...], chunk_el
         _close(got, expected, f"grad {name}")
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_whole_batch_path_follows_the_thread_count(threads: int,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One chunk, columns above the tiny limit: one folded addmm on one thread (an NCHW view
+    of a (C_out, N, ...) buffer), baddbmm over the batch on more (contiguous); same numbers."""
+    monkeypatch.setattr(conv_module, "TINY_COLS_ELEMENTS", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        size = (3, 2, 4, 8, 7, 3, 1, 1)
+        x, weight, bias = (t.requires_grad_() for t in _conv_inputs(size, seed=5))
+        out = _fn("conv")(x, weight, bias, 1, 1)
+        want = F.conv2d(x, weight, bias, padding=1)
+        assert out.is_contiguous() == (threads > 1)
+        _close(out, want, "output")
+        for name, got, expected in zip(("x", "weight", "bias"), _grads(out, (x, weight, bias), 6),
+                                       _grads(want, (x, weight, bias), 6), strict=True):
+            _close(got, expected, f"grad {name}")
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_conv_ragged_last_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     """5 images, 2 per chunk: chunks of 2, 2 and 1 concatenated in order."""
     N, C_in, C_out, H, W, k = 5, 3, 4, 6, 5, 3
