@@ -7,9 +7,10 @@ Parts (each checks the targets of the performance issue and says PASS or MISS; n
 a test, timings are never asserted by the test suite):
 
 - ``ratios``: ``bench LAYER --preset default --compile none`` for conv, attention, mha, rnn, bn
-  and linear; per implementation the geometric mean over the sizes of time(impl)/time(builtin),
-  both from the same run; the best hand-written one against its target, and its roofline
-  fraction at the largest size.
+  and linear, ``--repeats`` times each (the layers in turn); per size the median over the runs
+  of time(impl)/time(builtin), both from the same run; per implementation the geometric mean
+  over the sizes; the best hand-written one against its target, and its roofline fraction at
+  the largest size.
 - ``stability``: ``bench conv --preset default`` 5 times; per case of 50 us or more, the max/min
   ratio of its medians (target 1.05); the runs' wall times (target 60 s each).
 - ``suite``: ``bench all --preset quick --compile none`` wall time (target 180 s).
@@ -78,28 +79,43 @@ def _group(results: pd.DataFrame) -> pd.Series:
     return name
 
 
-def ratio_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Per layer group and implementation: sizes, geomean/min/max of time(impl)/time(builtin)
-    over the sizes where both are correct, and the roofline fraction at the largest size."""
+def case_ratios(results: pd.DataFrame) -> pd.DataFrame:
+    """Per layer group, implementation and size: time(impl) / time(builtin) of each run (both
+    correct, from the same run), then the median over the runs and its spread (max/min).
+
+    ``results`` holds one or more runs (``run_id``); each ratio is taken within its run, so
+    the machine's drift between runs never enters a ratio, and the median drops a run that
+    met a transient slow state.
+    """
     ok = results[(results["status"] == "ok") & (results["compile"] == "none")]
     ok = ok.assign(group=_group(ok))
-    builtin = ok[ok["impl"] == "builtin"].set_index(["group", "case"])["median_ms"]
+    key = ["run_id", "group", "case"]
+    builtin = ok[ok["impl"] == "builtin"].set_index(key)["median_ms"]
+    mine = ok[ok["impl"] != "builtin"]
+    ref = builtin.reindex(pd.MultiIndex.from_frame(mine[key])).to_numpy(float)
+    mine = mine.assign(ratio=mine["median_ms"].to_numpy(float) / ref).dropna(subset=["ratio"])
+    return (mine.groupby(["group", "impl", "case"], sort=False)
+            .agg(ratio=("ratio", "median"), spread=("ratio", lambda r: r.max() / r.min()),
+                 runs=("ratio", "size"), flops=("flops", "first"),
+                 roofline_frac=("roofline_frac", "median"))
+            .reset_index())
+
+
+def ratio_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per layer group and implementation: sizes, geomean/min/max over the sizes of the median
+    ratio (``case_ratios``), and the roofline fraction at the largest size."""
+    per_case = case_ratios(results)
+    sizes = (results[results["impl"] == "builtin"].assign(group=_group(results))
+             .groupby("group")["case"].nunique())
     rows = []
-    for (group, impl), g in ok.groupby(["group", "impl"], sort=False):
-        if impl == "builtin":
-            continue
-        ref = builtin.reindex(list(zip(g["group"], g["case"], strict=True))).to_numpy(float)
-        ratio = g["median_ms"].to_numpy(float) / ref
-        keep = np.isfinite(ratio)
+    for (group, impl), g in per_case.groupby(["group", "impl"], sort=False):
+        ratio = g["ratio"].to_numpy(float)
         largest = g.loc[g["flops"].idxmax()]
-        sizes = int(builtin.loc[group].shape[0]) if group in builtin.index.get_level_values(0) \
-            else 0
-        rows.append({"layer": group, "impl": impl, "sizes": f"{int(keep.sum())}/{sizes}",
-                     "geomean": float(np.exp(np.log(ratio[keep]).mean())) if keep.any()
-                     else math.nan,
-                     "min": float(ratio[keep].min()) if keep.any() else math.nan,
-                     "max": float(ratio[keep].max()) if keep.any() else math.nan,
-                     "complete": bool(keep.sum() == sizes),
+        rows.append({"layer": group, "impl": impl,
+                     "sizes": f"{len(g)}/{int(sizes.get(group, 0))}",
+                     "geomean": float(np.exp(np.log(ratio).mean())),
+                     "min": float(ratio.min()), "max": float(ratio.max()),
+                     "complete": len(g) == int(sizes.get(group, 0)),
                      "roofline_at_largest": float(largest["roofline_frac"]),
                      "largest": str(largest["case"])})
     return pd.DataFrame(rows)
@@ -127,25 +143,37 @@ def best_table(ratios: pd.DataFrame, builtin_roofline: dict[str, float]) -> pd.D
 RATIO_LAYERS = ("conv", "attention", "mha", "rnn", "bn", "linear")
 
 
-def part_ratios(work: Path, layers: tuple[str, ...] = RATIO_LAYERS) -> list[str]:
-    frames, walls = [], {}
-    for layer in layers:
-        run_dir, walls[layer] = bench([layer, "--preset", "default", "--compile", "none"],
-                                      work / "ratios")
-        frames.append(load_run(run_dir)[0])
+def part_ratios(work: Path, layers: tuple[str, ...] = RATIO_LAYERS,
+                repeats: int = 3) -> list[str]:
+    frames, walls = [], {layer: [] for layer in layers}
+    for _ in range(repeats):  # the layers in turn, so a slow spell falls on one run of each
+        for layer in layers:
+            run_dir, wall = bench([layer, "--preset", "default", "--compile", "none"],
+                                  work / "ratios")
+            walls[layer].append(wall)
+            frames.append(load_run(run_dir)[0])
     results = pd.concat(frames, ignore_index=True)
     ratios = ratio_table(results)
     ok = results[(results["status"] == "ok") & (results["impl"] == "builtin")]
     ok = ok.assign(group=_group(ok))
-    roof = {g: float(r.loc[r["flops"].idxmax(), "roofline_frac"]) for g, r in ok.groupby("group")}
+    roof = {g: float(r.groupby("case")["roofline_frac"].median().loc[
+        r.loc[r["flops"].idxmax(), "case"]]) for g, r in ok.groupby("group")}
     shown = ratios.drop(columns=["complete"]).round(3)
+    per_case = case_ratios(results)
+    best = best_table(ratios, roof)
+    chosen = per_case.merge(best[["layer", "best hand-written"]].rename(
+        columns={"layer": "group", "best hand-written": "impl"}), on=["group", "impl"])
     return ["## Implementations against the built-ins", "",
-            "`bench LAYER --preset default --compile none` (forward, float32), one run per "
-            "layer; ratio = median time of the implementation / median time of the builtin at "
-            "the same size in the same run (below 1: faster than the builtin). Wall times: "
-            + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()) + ".", "",
-            md_table(best_table(ratios, roof)), "", "Every implementation:", "",
-            md_table(shown), ""]
+            f"`bench LAYER --preset default --compile none` (forward, float32), {repeats} "
+            "run(s) per layer, the layers in turn; per size, ratio = median time of the "
+            "implementation / median time of the builtin in the same run, then the median of "
+            "that ratio over the runs (below 1: faster than the builtin); geomean over the "
+            "sizes. Wall time per run: " + ", ".join(
+                f"{k} {min(v):.0f}-{max(v):.0f} s" for k, v in walls.items()) + ".", "",
+            md_table(best), "", "Every implementation:", "", md_table(shown), "",
+            "Per size, the best hand-written implementation (spread: max/min of the "
+            "within-run ratios over the runs):", "",
+            md_table(chosen[["group", "impl", "case", "ratio", "spread", "runs"]].round(3)), ""]
 
 
 def part_stability(work: Path, runs: int = 5) -> tuple[list[str], list[float]]:
@@ -290,6 +318,8 @@ def main() -> None:
                         help="layers of the ratios part")
     parser.add_argument("--compile-layers", default=",".join(COMPILE_LAYERS),
                         help="layers of the compile part (cold compiles take ~10 s each)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs per layer in the ratios part (median ratio per size)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for every measurement (default: torch's)")
     args = parser.parse_args()
@@ -313,7 +343,8 @@ def main() -> None:
              f"--parts {','.join(parts)}{' ' + ' '.join(THREADS) if THREADS else ''}`; glibc "
              f"malloc thresholds {machine.get('malloc') or 'left to the system'}.", ""]
     steps: dict[str, Callable[[], list[str]]] = {
-        "ratios": lambda: part_ratios(args.work, tuple(args.ratio_layers.split(","))),
+        "ratios": lambda: part_ratios(args.work, tuple(args.ratio_layers.split(",")),
+                                      args.repeats),
         "stability": lambda: part_stability(args.work)[0],
         "suite": lambda: part_suite(args.work),
         "agreement": part_agreement,
