@@ -81,7 +81,7 @@ def steady_malloc() -> dict[str, int] | None:
     freed memory to the system above a trim threshold that follows it, so whether a 1-30 MiB
     tensor comes from the heap or from fresh, page-faulting memory depends on what the process
     ran before. ``F.conv2d`` at 32x8x28x28, 3x3 -> 16 channels ran 2.0 ms or 0.59 ms in the same
-    process depending on the preceding case (2 threads, this project's CPU machine). Fixed
+    process depending on the preceding case (one thread, this project's CPU machine). Fixed
     thresholds end that dependence: blocks under 32 MiB are reused from the heap, larger ones
     are always mapped afresh. Idempotent; does nothing (None) off glibc or when the user set
     malloc's environment variables or tunables.
