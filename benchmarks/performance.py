@@ -105,8 +105,9 @@ def ratio_table(results: pd.DataFrame) -> pd.DataFrame:
     """Per layer group and implementation: sizes, geomean/min/max over the sizes of the median
     ratio (``case_ratios``), and the roofline fraction at the largest size."""
     per_case = case_ratios(results)
-    sizes = (results[results["impl"] == "builtin"].assign(group=_group(results))
-             .groupby("group")["case"].nunique())
+    timed = results[(results["impl"] == "builtin") & (results["status"] == "ok")
+                    & (results["compile"] == "none")]
+    sizes = timed.assign(group=_group(timed)).groupby("group")["case"].nunique()
     rows = []
     for (group, impl), g in per_case.groupby(["group", "impl"], sort=False):
         ratio = g["ratio"].to_numpy(float)
@@ -161,8 +162,9 @@ def part_ratios(work: Path, layers: tuple[str, ...] = RATIO_LAYERS,
     shown = ratios.drop(columns=["complete"]).round(3)
     per_case = case_ratios(results)
     best = best_table(ratios, roof)
-    chosen = per_case.merge(best[["layer", "best hand-written"]].rename(
-        columns={"layer": "group", "best hand-written": "impl"}), on=["group", "impl"])
+    chosen = per_case.iloc[:0] if best.empty else per_case.merge(
+        best[["layer", "best hand-written"]].rename(
+            columns={"layer": "group", "best hand-written": "impl"}), on=["group", "impl"])
     return ["## Implementations against the built-ins", "",
             f"`bench LAYER --preset default --compile none` (forward, float32), {repeats} "
             "run(s) per layer, the layers in turn; per size, ratio = median time of the "
@@ -318,7 +320,7 @@ def main() -> None:
                         help="layers of the ratios part")
     parser.add_argument("--compile-layers", default=",".join(COMPILE_LAYERS),
                         help="layers of the compile part (cold compiles take ~10 s each)")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--repeats", type=lambda v: max(1, int(v)), default=3,
                         help="runs per layer in the ratios part (median ratio per size)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for every measurement (default: torch's)")

@@ -148,9 +148,10 @@ def make_trial(layer: Layer, params: Params, seed: int, dtype: torch.dtype, devi
     """Inputs from ``seed`` (a fresh copy on ``device``) and the reference's outputs,
     gradients and updated state."""
     ref = _reference(layer, params, seed, dtype, mode)
-    grad_out = None if ref.grad_out is None else ref.grad_out.to(device=device, dtype=dtype)
+    grad_out = (None if ref.grad_out is None
+                else ref.grad_out.to(device=device, dtype=dtype, copy=True))
     return Trial(layer, mode, ref.inputs.to(dtype, device, copy=True), grad_out, ref.outs,
-                 ref.grads, ref.state)
+                 dict(ref.grads), dict(ref.state))
 
 
 @dataclass(frozen=True)

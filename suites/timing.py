@@ -88,18 +88,18 @@ def steady_malloc() -> dict[str, int] | None:
     """
     global _malloc_state
     if _malloc_state is not None or not sys.platform.startswith("linux"):
-        return _malloc_state
+        return _malloc_state or None
     if any(name in os.environ for name in _MALLOC_ENV):
         return None
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return None
-    if mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and mallopt(M_TRIM_THRESHOLD,
-                                                                   TRIM_THRESHOLD_BYTES):
-        _malloc_state = {"mmap_threshold": MMAP_THRESHOLD_BYTES,
-                         "trim_threshold": TRIM_THRESHOLD_BYTES}
-    return _malloc_state
+    wanted = (("mmap_threshold", M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
+              ("trim_threshold", M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    # what mallopt accepted (a stub of another allocator may refuse): recorded as it is
+    _malloc_state = {name: value for name, param, value in wanted if mallopt(param, value)}
+    return _malloc_state or None
 
 
 def synchronize(device: str) -> None:
