@@ -12,18 +12,18 @@ the same allocator whatever ran before it in the process.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import sys
 import time
 import timeit
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.benchmark.utils.common import set_torch_threads
 
 from suites.config import TimingConfig
 
@@ -147,23 +147,10 @@ def measure(step: Callable[[], Any], device: str, config: TimingConfig,
     # the statement max(calls // 100, 2) more times before every sample, which tripled the
     # cost of a slow case (one call per sample) and added nothing the warm-up had not done.
     timer = timeit.Timer(timed, timer=time.perf_counter)  # garbage collection off while timing
-    with _torch_threads(threads):
+    with set_torch_threads(threads):  # what Timer(num_threads=threads) does
         seconds = [max(timer.timeit(calls), 1e-9) / calls
                    for _ in range(sample_count(per_call_s, calls, config))]
     return Samples(tuple(seconds), calls)
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    """``threads`` CPU threads for torch inside the block, the previous count restored after."""
-    before = torch.get_num_threads()
-    if threads and threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 def _measure_cuda(step: Callable[[], Any], per_call_s: float, config: TimingConfig) -> Samples:

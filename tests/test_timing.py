@@ -128,7 +128,7 @@ def test_sample_count_of_slow_calls_uses_the_slow_floor(per_call_s: float) -> No
 
 
 _FAULTS_PER_CONV = """
-import json, os, resource, sys
+import json, resource
 import torch
 import torch.nn.functional as F
 from suites.timing import steady_malloc
