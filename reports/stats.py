@@ -1,21 +1,22 @@
-"""Statistics for comparing two sets of timing samples (numpy only).
+"""Statistics for comparing two sets of timing samples (numpy and scipy).
 
 Pure functions, shared by ``compare`` and the CI regression gate: a one-sided Mann-Whitney U test,
-a bootstrap confidence interval of the ratio of medians, a robust noise estimate, the geometric
-mean, and the rule that turns those numbers into a verdict.
+a bootstrap confidence interval of the ratio of medians (both from ``scipy.stats``), a robust noise
+estimate, the geometric mean, and the rule that turns those numbers into a verdict.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
-from functools import lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy import stats
 
-# Exact U distribution up to this many (a, b) pairs: the DP costs ~(n*m)^2 / 2 flops, and by
-# then the normal approximation is within ~1e-3 of the exact p-value.
+# The exact U distribution is used up to this many (a, b) pairs (when nothing is tied); beyond
+# that the normal approximation is within ~1e-3 of the exact p-value.
 EXACT_MAX_PAIRS = 2500
 
 
@@ -24,26 +25,22 @@ def mann_whitney_greater(a: ArrayLike, b: ArrayLike) -> float:
 
     With times, a small p says run B is slower. ``U`` counts the pairs with ``b > a`` (ties count
     half); the p-value is ``P(U >= U_observed)`` under the null hypothesis of one distribution.
-    Exact (dynamic programming over U) when there are no ties and ``len(a) * len(b) <=
-    EXACT_MAX_PAIRS``; otherwise the normal approximation with tie and continuity corrections.
-    NaN when either sample is empty.
+    ``scipy.stats.mannwhitneyu``: exact when there are no ties and ``len(a) * len(b) <=
+    EXACT_MAX_PAIRS``; otherwise the normal approximation with tie and continuity corrections
+    (1.0 when every value is equal: no evidence either way). Non-finite values are dropped; NaN
+    when either sample is then empty.
     """
     x, y = _clean(a), _clean(b)
     n, m = len(x), len(y)
     if n == 0 or m == 0:
         return math.nan
-    ranks, tie_counts = _ranks(np.concatenate([x, y]))
-    u = float(ranks[n:].sum()) - m * (m + 1) / 2  # U of b: pairs with b > a
-    ties = bool((tie_counts > 1).any())
-    if not ties and n * m <= EXACT_MAX_PAIRS:
-        return float(_upper_tail(n, m)[round(u)])
-    total = n + m
-    tie_term = float((tie_counts ** 3 - tie_counts).sum()) / (total * (total - 1))
-    var = n * m / 12.0 * ((total + 1) - tie_term)
-    if var <= 0:  # every value equal: no evidence either way
+    both = np.concatenate([x, y])
+    if both.min() == both.max():  # every value equal: zero variance, no evidence either way
         return 1.0
-    z = (u - n * m / 2.0 - 0.5) / math.sqrt(var)
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
+    ties = len(np.unique(both)) < n + m
+    method = "exact" if not ties and n * m <= EXACT_MAX_PAIRS else "asymptotic"
+    # scipy's U is that of its first sample: b, so "greater" is P(U_b >= u).
+    return float(stats.mannwhitneyu(y, x, alternative="greater", method=method).pvalue)
 
 
 def _clean(values: ArrayLike) -> np.ndarray:
@@ -51,53 +48,41 @@ def _clean(values: ArrayLike) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
-def _ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """1-based ranks with ties averaged, and the size of each group of equal values."""
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    average = np.cumsum(counts) - (counts - 1) / 2.0  # mean rank of each distinct value
-    return average[inverse], counts
-
-
-@lru_cache(maxsize=64)
-def _upper_tail(n: int, m: int) -> np.ndarray:
-    """``P(U >= u)`` for ``u = 0 .. n*m``: U = pairs with b > a, samples of sizes n (a), m (b).
-
-    Recursion on the largest of the ``i + j`` values: it is a ``b`` with probability
-    ``j / (i + j)`` and then beats all ``i`` values of ``a`` (U grows by ``i``), else it is an
-    ``a`` and beats nothing. Probabilities, not counts, so nothing overflows.
-    """
-    previous = [np.ones(1)] * (m + 1)  # i = 0: U = 0 for every j
-    for i in range(1, n + 1):
-        current = [np.ones(1)]  # j = 0
-        for j in range(1, m + 1):
-            pmf = np.zeros(i * j + 1)
-            pmf[: (i - 1) * j + 1] += previous[j] * (i / (i + j))
-            pmf[i:] += current[j - 1] * (j / (i + j))
-            current.append(pmf)
-        previous = current
-    tail = np.cumsum(previous[m][::-1])[::-1]
-    tail.setflags(write=False)
-    return tail
+def _median_ratio(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.median(y, axis=axis) / np.median(x, axis=axis)
 
 
 def ratio_ci(a: ArrayLike, b: ArrayLike, confidence: float = 0.95, resamples: int = 2000,
              seed: int = 0) -> tuple[float, float]:
     """Bootstrap percentile interval of ``median(b) / median(a)``; seeded, so deterministic.
 
-    Both samples are resampled with replacement ``resamples`` times (vectorised). NaNs when
-    either sample is empty.
+    ``scipy.stats.bootstrap``: both samples are resampled independently, with replacement,
+    ``resamples`` times (vectorised). Non-finite values are dropped; NaNs when either sample is
+    then empty. A sample of one value resamples to itself, so only the other one varies.
     """
     x, y = _clean(a), _clean(b)
     if len(x) == 0 or len(y) == 0:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    med_a = np.median(x[rng.integers(0, len(x), size=(resamples, len(x)))], axis=1)
-    med_b = np.median(y[rng.integers(0, len(y), size=(resamples, len(y)))], axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = med_b / med_a
-    tail = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(ratios, [tail, 1.0 - tail])
-    return float(lo), float(hi)
+    if len(x) == 1 and len(y) == 1:
+        ratio = float(_median_ratio(x, y))
+        return ratio, ratio
+    # scipy resamples only samples of two or more values; a single value is a constant.
+    if len(x) == 1:
+        data, statistic = (y,), lambda v, axis=-1: _median_ratio(x, v, axis)
+    elif len(y) == 1:
+        data, statistic = (x,), lambda v, axis=-1: _median_ratio(v, y, axis)
+    else:
+        data, statistic = (x, y), _median_ratio
+    # random_state= (not rng=, scipy >= 1.15) keeps scipy 1.11 working; a Generator either way.
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        # A zero median gives inf or NaN ratios (and a NaN bound a DegenerateDataWarning).
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap(data, statistic, n_resamples=resamples, vectorized=True,
+                                 paired=False, confidence_level=confidence, method="percentile",
+                                 random_state=np.random.default_rng(seed))
+    interval = result.confidence_interval
+    return float(interval.low), float(interval.high)
 
 
 def geomean(values: Iterable[float]) -> float:
