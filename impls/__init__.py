@@ -1,7 +1,8 @@
 """What can be run: layers, their implementations, references and cost formulas.
 
-Importing this package registers every built-in layer (each module here but ``registry``). A
-user's file registers its own implementations the same way::
+Importing this package registers every built-in layer: each module here is imported, and each
+layer module registers its layer and implementations (``Layer.order`` puts the layers in the
+notes' order). A user's file registers its own implementations the same way::
 
     from impls import register_impl
 
@@ -25,10 +26,7 @@ from impls.registry import (
     register_layer,
 )
 
-# The notes' order (it is the order of `list` and `bench all`), then any other module.
-_NOTES_ORDER = ("conv", "bn", "pool", "linear", "cnn", "rnn", "attention", "mha", "transformer")
-_found = {m.name for m in pkgutil.iter_modules(__path__)} - {"registry"}
-for _module in [m for m in _NOTES_ORDER if m in _found] + sorted(_found - set(_NOTES_ORDER)):
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")
 
 # The notes' modules, each computing with a chosen implementation (``impl=``).
@@ -38,7 +36,7 @@ from impls.cnn import MyCNN  # noqa: E402
 from impls.conv import MyConv2d  # noqa: E402
 from impls.mha import MultiHeadAttention  # noqa: E402
 from impls.rnn import myRNN  # noqa: E402
-from impls.transformer_parts import (  # noqa: E402
+from impls.transformer_modules import (  # noqa: E402
     Decoder,
     DecoderLayer,
     Encoder,

@@ -111,6 +111,7 @@ class MaskedAttentionLayer(Layer):
 class AttentionLayer(MaskedAttentionLayer):
     name = "attention"
     title = "ScaledDotProductAttention"
+    order = 70
     params = ("N", "n_head", "len_q", "len_k", "d_k", "d_v", "mask")
     labels: ClassVar[dict[str, str]] = {"n_head": "h", "len_q": "q", "len_k": "k", "d_k": "dk",
                                         "d_v": "dv"}

@@ -25,6 +25,7 @@ from impls.registry import REGISTRY, CaseInputs, Layer, Params, register_impl, r
 class BatchNorm2dLayer(Layer):
     name = "bn"
     title = "BatchNorm2d (MyBatchNorm2d)"
+    order = 20
     params = ("N", "C", "H", "W", "training")
     labels: ClassVar[dict[str, str]] = {"training": "train"}
     #: PyTorch's defaults, and the notes'

@@ -8,22 +8,24 @@ give 8 * 13 * 13), and the BatchNorm's ``training``, ``momentum`` and ``eps``. I
 logits ``(N, 10)``. With ``training`` the BatchNorm normalises with the batch statistics and
 updates ``running_mean`` and ``running_var`` in place, exactly as ``F.batch_norm``.
 
-Each implementation is one *family*: it is composed of the conv, bn, pool and linear
-implementations of that family, looked up in the registry by name at call time, so the CNN
-shows what each technique costs in a whole network. The ``train`` mode is one full training
-step: forward, cross-entropy against ``target``, backward, and an SGD update of the weights.
+Each implementation is one *family* (``FAMILIES``): it is composed of that family's registered
+conv, bn, pool and linear implementations (its ``parts``), so the CNN shows what each technique
+costs in a whole network. The ``train`` mode is one full training step: forward, cross-entropy
+against ``target`` (which only the loss sees), backward, and an SGD update of the weights.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import impls.linear
+import impls.pool  # noqa: F401  (with impls.linear: the parts FAMILIES name are registered)
 from impls.bn import MyBatchNorm2d
 from impls.conv import MyConv2d
 from impls.registry import REGISTRY, CaseInputs, Layer, Params, register_impl, register_layer
@@ -49,6 +51,7 @@ def fc_features(params: Params) -> int:
 class CNNLayer(Layer):
     name = "cnn"
     title = "MyCNN (conv -> bn -> relu -> maxpool -> fc)"
+    order = 50
     params = ("N", "C_in", "C_out", "H", "W", "training")
     labels: ClassVar[dict[str, str]] = {"C_in": "Cin", "C_out": "Cout", "training": "train"}
     modes: ClassVar[tuple[str, ...]] = ("fwd", "fwdbwd", "train")
@@ -95,12 +98,12 @@ class CNNLayer(Layer):
         return CaseInputs(tensors=tensors,
                           static={"training": bool(params["training"]), "momentum": MOMENTUM,
                                   "eps": EPS},
-                          grad=grad, state=("running_mean", "running_var"))
+                          grad=grad, state=("running_mean", "running_var"),
+                          loss_only=("target",))
 
     def reference(self, x: Tensor, conv_weight: Tensor, conv_bias: Tensor, bn_weight: Tensor,
                   bn_bias: Tensor, running_mean: Tensor, running_var: Tensor, fc_weight: Tensor,
-                  fc_bias: Tensor, target: Tensor, training: bool, momentum: float,
-                  eps: float) -> Tensor:
+                  fc_bias: Tensor, training: bool, momentum: float, eps: float) -> Tensor:
         out = F.conv2d(x, conv_weight, conv_bias)  # (N, C_out, H-2, W-2)
         out = F.batch_norm(out, running_mean, running_var, bn_weight, bn_bias, training,
                            momentum, eps)
@@ -153,61 +156,41 @@ class CNNLayer(Layer):
 LAYER = register_layer(CNNLayer())
 
 
-def _mycnn(family: str, x: Tensor, conv_weight: Tensor, conv_bias: Tensor, bn_weight: Tensor,
-           bn_bias: Tensor, running_mean: Tensor, running_var: Tensor, fc_weight: Tensor,
-           fc_bias: Tensor, training: bool, momentum: float, eps: float) -> Tensor:
-    """The notes' forward, each part computed by ``family``'s implementation of it."""
+def _mycnn(family: str) -> Callable[..., Tensor]:
+    """The notes' forward, each part computed by ``family``'s implementation of it (bound now,
+    not looked up on every call)."""
     parts = FAMILIES[family]
     conv, bn, pool, linear = (REGISTRY.impl(layer, parts[layer]).fn
                               for layer in ("conv", "bn", "pool", "linear"))
-    out = conv(x, conv_weight, conv_bias, 1, 0)  # (N, C_out, H-2, W-2)
-    out = bn(out, bn_weight, bn_bias, running_mean, running_var, training, momentum, eps)
-    out = pool(torch.relu(out), POOL)  # (N, C_out, H_p, W_p)
-    return linear(out.flatten(1), fc_weight, fc_bias)  # (N, C_out*H_p*W_p) -> (N, 10)
 
-
-@register_impl("cnn", "loops", naive=True,
-               notes="conv loops, bn loops, pool loops, linear loops")
-def cnn_loops(x: Tensor, conv_weight: Tensor, conv_bias: Tensor, bn_weight: Tensor,
-              bn_bias: Tensor, running_mean: Tensor, running_var: Tensor, fc_weight: Tensor,
-              fc_bias: Tensor, training: bool, momentum: float, eps: float,
-              target: Tensor | None = None) -> Tensor:
-    """The naive family: every part a Python loop (the notes' five-loop conv among them).
-
-    ``target`` (train mode's labels) is accepted and not used, as by every implementation.
-    """
-    return _mycnn("loops", x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean,
-                  running_var, fc_weight, fc_bias, training, momentum, eps)
-
-
-@register_impl("cnn", "im2col", notes="conv im2col, bn vectorized, pool unfold, linear matmul")
-def cnn_im2col(x: Tensor, conv_weight: Tensor, conv_bias: Tensor, bn_weight: Tensor,
-               bn_bias: Tensor, running_mean: Tensor, running_var: Tensor, fc_weight: Tensor,
-               fc_bias: Tensor, training: bool, momentum: float, eps: float,
-               target: Tensor | None = None) -> Tensor:
-    """The hand-vectorised family: im2col's GEMM for the conv, tensor ops for the rest."""
-    return _mycnn("im2col", x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean,
-                  running_var, fc_weight, fc_bias, training, momentum, eps)
-
-
-@register_impl("cnn", "einsum", notes="conv einsum, bn vectorized, pool unfold, linear einsum")
-def cnn_einsum(x: Tensor, conv_weight: Tensor, conv_bias: Tensor, bn_weight: Tensor,
-               bn_bias: Tensor, running_mean: Tensor, running_var: Tensor, fc_weight: Tensor,
-               fc_bias: Tensor, training: bool, momentum: float, eps: float,
-               target: Tensor | None = None) -> Tensor:
-    """The einsum family: the conv (on strided windows, no copy) and fc as einsums."""
-    return _mycnn("einsum", x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean,
-                  running_var, fc_weight, fc_bias, training, momentum, eps)
-
-
-@register_impl("cnn", "builtin", notes="F.conv2d, F.batch_norm, F.max_pool2d, F.linear")
-def cnn_builtin(x: Tensor, conv_weight: Tensor, conv_bias: Tensor, bn_weight: Tensor,
+    def forward(x: Tensor, conv_weight: Tensor, conv_bias: Tensor, bn_weight: Tensor,
                 bn_bias: Tensor, running_mean: Tensor, running_var: Tensor, fc_weight: Tensor,
-                fc_bias: Tensor, training: bool, momentum: float, eps: float,
-                target: Tensor | None = None) -> Tensor:
-    """The built-in family: torch.nn.functional throughout."""
-    return _mycnn("builtin", x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean,
-                  running_var, fc_weight, fc_bias, training, momentum, eps)
+                fc_bias: Tensor, training: bool, momentum: float, eps: float) -> Tensor:
+        out = conv(x, conv_weight, conv_bias, 1, 0)  # (N, C_out, H-2, W-2)
+        out = bn(out, bn_weight, bn_bias, running_mean, running_var, training, momentum, eps)
+        out = pool(torch.relu(out), POOL)  # (N, C_out, H_p, W_p)
+        return linear(out.flatten(1), fc_weight, fc_bias)  # (N, C_out*H_p*W_p) -> (N, 10)
+
+    return forward
+
+
+def _register(family: str, doc: str) -> Callable[..., Tensor]:
+    fn = _mycnn(family)
+    fn.__name__ = fn.__qualname__ = f"cnn_{family}"
+    fn.__doc__ = doc
+    parts = FAMILIES[family]
+    return register_impl("cnn", family, naive=family == "loops",
+                         notes=", ".join(f"{layer} {impl}" for layer, impl in parts.items()),
+                         parts=tuple(parts.items()))(fn)
+
+
+cnn_loops = _register(
+    "loops", "The naive family: every part a Python loop (the notes' five-loop conv among them).")
+cnn_im2col = _register(
+    "im2col", "The hand-vectorised family: im2col's GEMM for the conv, tensor ops for the rest.")
+cnn_einsum = _register(
+    "einsum", "The einsum family: the conv (on strided windows, no copy) and fc as einsums.")
+cnn_builtin = _register("builtin", "The built-in family: torch.nn.functional throughout.")
 
 
 class MyCNN(nn.Module):

@@ -24,6 +24,7 @@ def out_size(size: int, k: int, stride: int, padding: int) -> int:
 class Conv2dLayer(Layer):
     name = "conv"
     title = "Conv2d (MyConv2d)"
+    order = 10
     params = ("N", "C_in", "C_out", "H", "W", "k", "stride", "padding")
     labels: ClassVar[dict[str, str]] = {"C_in": "Cin", "C_out": "Cout", "stride": "s",
                                         "padding": "p"}

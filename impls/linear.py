@@ -19,6 +19,7 @@ from impls.registry import CaseInputs, Layer, Params, register_impl, register_la
 class LinearLayer(Layer):
     name = "linear"
     title = "Linear (MyCNN's fc)"
+    order = 40
     params = ("N", "in_features", "out_features")
     labels: ClassVar[dict[str, str]] = {"in_features": "in", "out_features": "out"}
 

@@ -15,8 +15,9 @@ concatenate the heads, ``fc``, add the *input* ``q`` (residual), then LayerNorm 
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import ClassVar
+import functools
+from collections.abc import Callable, Collection
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +32,11 @@ from impls.attention import (
     mask_bytes,
     mask_fill_value,
 )
+from impls.layernorm import LN_EPS
 from impls.registry import REGISTRY, CaseInputs, Params, register_impl, register_layer
 
-#: the notes' LayerNorm epsilon (PyTorch's default is 1e-5)
-LN_EPS = 1e-6
+#: ``fn(q, k, v, mask, temperature) -> output or (output, attn)``: an attention implementation
+AttentionFn = Callable[..., Any]
 
 
 def per_head_sizes(name: str, params: Params, given: Collection[str]) -> Params:
@@ -52,6 +54,7 @@ def per_head_sizes(name: str, params: Params, given: Collection[str]) -> Params:
 class MultiHeadAttentionLayer(MaskedAttentionLayer):
     name = "mha"
     title = "MultiHeadAttention"
+    order = 80
     params = ("N", "len_q", "len_k", "d_model", "n_head", "d_k", "d_v", "mask")
     labels: ClassVar[dict[str, str]] = {"len_q": "q", "len_k": "k", "d_model": "dm",
                                         "n_head": "h", "d_k": "dk", "d_v": "dv"}
@@ -152,12 +155,18 @@ def mha_loops(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, w_qs: Tensor
     return out, torch.stack(weights, dim=1)  # attn: (N, h, len_q, len_k)
 
 
-@register_impl("mha", "batched",
-               notes="float16 with a mask: masked_fill(-1e9) overflows and raises (an error row)")
-def mha_batched(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, w_qs: Tensor,
-                w_ks: Tensor, w_vs: Tensor, fc: Tensor, ln_weight: Tensor, ln_bias: Tensor,
-                n_head: int, d_k: int, d_v: int) -> tuple[Tensor, Tensor]:
-    """The notes' code: one projection per input, view/transpose into heads, batched attention."""
+def multi_head_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, w_qs: Tensor,
+                         w_ks: Tensor, w_vs: Tensor, fc: Tensor, ln_weight: Tensor,
+                         ln_bias: Tensor, n_head: int, d_k: int, d_v: int,
+                         attention: AttentionFn = attention_matmul
+                         ) -> tuple[Tensor, Tensor | None]:
+    """The notes' MultiHeadAttention forward with a chosen scaled dot-product ``attention``.
+
+    One projection per input, view/transpose into heads, ``attention`` over all heads at once,
+    heads side by side, ``fc``, the residual ``q`` and LayerNorm. Returns ``(output (N, len_q,
+    d_model), attn (N, h, len_q, len_k))``; ``attn`` is None when ``attention`` returns no
+    weights. The encoder, decoder and transformer compute every attention sublayer with it.
+    """
     sz_b, len_q, len_k, len_v = q.size(0), q.size(1), k.size(1), v.size(1)
     residual = q
     q = F.linear(q, w_qs).view(sz_b, len_q, n_head, d_k)  # (N, len_q, h, d_k)
@@ -166,11 +175,22 @@ def mha_batched(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, w_qs: Tens
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (N, h, len, d)
     if mask is not None:
         mask = mask.unsqueeze(1)  # broadcast over heads: (N or 1, 1, len_q or 1, len_k)
-    q, attn = attention_matmul(q, k, v, mask, d_k ** 0.5)  # (N, h, len_q, d_v)
+    out = attention(q, k, v, mask, d_k ** 0.5)  # (N, h, len_q, d_v), maybe with attn
+    q, attn = out if isinstance(out, tuple) else (out, None)
     q = q.transpose(1, 2).contiguous().view(sz_b, len_q, -1)  # (N, len_q, h * d_v)
     q = F.linear(q, fc) + residual  # (N, len_q, d_model)
     q = F.layer_norm(q, q.shape[-1:], ln_weight, ln_bias, eps=LN_EPS)
     return q, attn
+
+
+@register_impl("mha", "batched",
+               notes="float16 with a mask: masked_fill(-1e9) overflows and raises (an error row)")
+def mha_batched(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, w_qs: Tensor,
+                w_ks: Tensor, w_vs: Tensor, fc: Tensor, ln_weight: Tensor, ln_bias: Tensor,
+                n_head: int, d_k: int, d_v: int) -> tuple[Tensor, Tensor | None]:
+    """The notes' code: one projection per input, view/transpose into heads, batched attention."""
+    return multi_head_attention(q, k, v, mask, w_qs, w_ks, w_vs, fc, ln_weight, ln_bias, n_head,
+                                d_k, d_v, attention_matmul)
 
 
 @register_impl("mha", "einsum")
@@ -314,21 +334,29 @@ class MultiHeadAttention(nn.Module):
     Args:
         impl: a registered mha implementation (``loops``, ``batched``, ``einsum``, ``fused``,
             ``builtin``).
+        attention: the registered attention implementation that ``batched`` (the notes'
+            structure, which the encoder and decoder layers use) computes with.
     """
 
     def __init__(self, n_head: int, d_model: int, d_k: int, d_v: int, dropout: float = 0.1,
-                 impl: str = "batched") -> None:
+                 impl: str = "batched", attention: str = "matmul") -> None:
         super().__init__()
+        if impl != "batched" and attention != "matmul":
+            raise ValueError(f"attention={attention!r} needs impl='batched' (mha/{impl} "
+                             "computes its own attention)")
         self.n_head, self.d_k, self.d_v = n_head, d_k, d_v
         self.w_qs = nn.Linear(d_model, n_head * d_k, bias=False)
         self.w_ks = nn.Linear(d_model, n_head * d_k, bias=False)
         self.w_vs = nn.Linear(d_model, n_head * d_v, bias=False)
         self.fc = nn.Linear(n_head * d_v, d_model, bias=False)
-        self.attention = ScaledDotProductAttention(temperature=d_k ** 0.5, attn_dropout=dropout)
+        self.attention = ScaledDotProductAttention(temperature=d_k ** 0.5, attn_dropout=dropout,
+                                                   impl=attention)
         self.dropout = nn.Dropout(dropout)
         self.layer_norm = nn.LayerNorm(d_model, eps=LN_EPS)
         self.impl = impl
-        self._fn = REGISTRY.impl("mha", impl).fn
+        self._fn = (functools.partial(multi_head_attention,
+                                      attention=REGISTRY.impl("attention", attention).fn)
+                    if impl == "batched" else REGISTRY.impl("mha", impl).fn)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor,
                 mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -357,8 +385,9 @@ class MultiHeadAttention(nn.Module):
         return self.layer_norm(q), attn
 
     def extra_repr(self) -> str:
-        return f"n_head={self.n_head}, d_k={self.d_k}, d_v={self.d_v}, impl={self.impl!r}"
+        return (f"n_head={self.n_head}, d_k={self.d_k}, d_v={self.d_v}, impl={self.impl!r}, "
+                f"attention={self.attention.impl!r}")
 
 
-__all__ = ["LAYER", "LN_EPS", "MultiHeadAttention", "builtin_masks", "mha_batched",
-           "mha_builtin", "mha_einsum", "mha_fused", "mha_loops"]
+__all__ = ["LAYER", "MultiHeadAttention", "builtin_masks", "mha_batched", "mha_builtin",
+           "mha_einsum", "mha_fused", "mha_loops", "multi_head_attention"]

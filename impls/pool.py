@@ -22,6 +22,7 @@ from impls.registry import CaseInputs, Layer, Params, register_impl, register_la
 class MaxPool2dLayer(Layer):
     name = "pool"
     title = "MaxPool2d (MyCNN's pool)"
+    order = 30
     params = ("N", "C", "H", "W", "k")
     labels: ClassVar[dict[str, str]] = {}
 

@@ -7,11 +7,13 @@ and its FLOP and byte formulas. An *implementation* says how: one pure function,
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib.util
 import inspect
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,16 +37,24 @@ def dtype_name(dtype: torch.dtype) -> str:
 class CaseInputs:
     """Everything one call of an implementation takes.
 
-    ``tensors`` and ``static`` are passed as keyword arguments (``fn(**tensors, **static)``).
-    ``grad`` names the tensors that receive a gradient in ``fwdbwd`` mode; ``state`` names
-    tensors the layer updates in place (e.g. BatchNorm running statistics), compared after the
-    call.
+    An implementation is called with ``args``: the ``tensors`` and ``static`` values as keyword
+    arguments, except the tensors named in ``loss_only`` (e.g. a classifier's targets), which
+    only the layer's ``loss`` sees. ``grad`` names the tensors that receive a gradient in
+    ``fwdbwd`` mode; ``state`` names tensors the layer updates in place (e.g. BatchNorm running
+    statistics), compared after the call.
     """
 
     tensors: dict[str, Tensor]
     static: dict[str, Any] = field(default_factory=dict)
     grad: tuple[str, ...] = ()
     state: tuple[str, ...] = ()
+    loss_only: tuple[str, ...] = ()
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """The keyword arguments of one call of an implementation (or of the reference)."""
+        return {**{n: t for n, t in self.tensors.items() if n not in self.loss_only},
+                **self.static}
 
     def to(self, dtype: torch.dtype, device: torch.device | str,
            copy: bool = False) -> CaseInputs:
@@ -57,11 +67,11 @@ class CaseInputs:
                        copy=copy)
             for name, t in self.tensors.items()
         }
-        return CaseInputs(moved, dict(self.static), self.grad, self.state)
+        return dataclasses.replace(self, tensors=moved, static=dict(self.static))
 
     def clone(self) -> CaseInputs:
-        return CaseInputs({n: t.detach().clone() for n, t in self.tensors.items()},
-                          dict(self.static), self.grad, self.state)
+        tensors = {n: t.detach().clone() for n, t in self.tensors.items()}
+        return dataclasses.replace(self, tensors=tensors, static=dict(self.static))
 
 
 class Layer(ABC):
@@ -70,6 +80,8 @@ class Layer(ABC):
     name: str
     title: str
     params: tuple[str, ...]
+    #: where the layer comes in the course notes: the order of ``list`` and ``bench all``
+    order: ClassVar[int] = 1000
     #: short prefix of each parameter in case labels, e.g. ``{"C_in": "Cin"}``
     labels: ClassVar[Mapping[str, str]] = {}
     #: what the layer offers: ``fwd``, ``fwdbwd``, and ``train`` (one SGD step) where the layer
@@ -104,7 +116,8 @@ class Layer(ABC):
                              f"expected {', '.join(self.params)}")
 
     def loss(self, output: Tensor, tensors: Mapping[str, Tensor]) -> Tensor:
-        """The scalar loss of ``train`` mode, from the output and the inputs (e.g. targets)."""
+        """The scalar loss of ``train`` mode, from the output and the inputs (e.g. the targets
+        named in ``CaseInputs.loss_only``)."""
         raise TypeError(f"layer {self.name} has no train mode")
 
     @abstractmethod
@@ -142,6 +155,9 @@ class Impl:
     compilable: bool
     source: str
     notes: str = ""
+    #: the registered implementations this one is composed of, as ``(layer, impl)`` pairs
+    #: (a CNN family's conv, bn, pool and linear; an encoder's attention)
+    parts: tuple[tuple[str, str], ...] = ()
 
     @property
     def description(self) -> str:
@@ -173,12 +189,16 @@ class RegistryError(ValueError):
     """A registration that cannot be accepted (unknown layer, duplicate name, empty file)."""
 
 
+Deriver = Callable[[Impl], None]
+
+
 class Registry:
-    """Layers by name, and their implementations by ``(layer, name)``."""
+    """Layers by name, and their implementations by ``(layer, name)``, in registration order."""
 
     def __init__(self) -> None:
         self._layers: dict[str, Layer] = {}
         self._impls: dict[str, dict[str, Impl]] = {}
+        self._derivers: dict[str, list[Deriver]] = {}
 
     def add_layer(self, layer: Layer) -> Layer:
         if layer.name in self._layers:
@@ -187,14 +207,26 @@ class Registry:
         self._impls[layer.name] = {}
         return layer
 
-    def add_impl(self, impl: Impl) -> None:
+    def add_impl(self, impl: Impl, replace: bool = False) -> None:
+        """Register ``impl``; ``replace`` swaps out one of the same name (tests do, in a
+        ``scoped`` block). Derived implementations follow (see ``derive``)."""
         if impl.layer not in self._layers:
             raise RegistryError(f"{impl.source}: unknown layer {impl.layer!r} "
-                             f"(choose from {', '.join(self._layers)})")
-        if impl.name in self._impls[impl.layer]:
+                                f"(choose from {', '.join(self._layers)})")
+        if impl.name in self._impls[impl.layer] and not replace:
             raise RegistryError(f"{impl.source}: implementation {impl.layer}/{impl.name} "
-                             "is already registered")
+                                "is already registered")
         self._impls[impl.layer][impl.name] = impl
+        for make in self._derivers.get(impl.layer, []):
+            make(impl)
+
+    def derive(self, layer: str, make: Deriver) -> None:
+        """Call ``make(impl)`` for every implementation of ``layer``, those registered now and
+        those registered later (a user's ``--impl-file`` included): how the encoder, decoder
+        and transformer get one implementation per attention implementation."""
+        self._derivers.setdefault(layer, []).append(make)
+        for impl in list(self._impls.get(layer, {}).values()):
+            make(impl)
 
     def layer(self, name: str) -> Layer:
         if name not in self._layers:
@@ -202,7 +234,8 @@ class Registry:
         return self._layers[name]
 
     def layers(self) -> list[Layer]:
-        return list(self._layers.values())
+        """Every layer in the notes' order (``Layer.order``), then by registration."""
+        return sorted(self._layers.values(), key=lambda layer: layer.order)
 
     def impls(self, layer: str) -> list[Impl]:
         return list(self._impls[self.layer(layer).name].values())
@@ -213,6 +246,22 @@ class Registry:
             raise KeyError(f"unknown implementation {name!r} of {layer} "
                            f"(choose from {', '.join(impls)})")
         return impls[name]
+
+    def impl_order(self) -> list[str]:
+        """Every implementation name once, in the order the layers register them: the order of
+        legends, and what gives each implementation its colour in the reports."""
+        return list(dict.fromkeys(i.name for layer in self.layers() for i in self.impls(
+            layer.name)))
+
+    @contextlib.contextmanager
+    def scoped(self) -> Iterator[Registry]:
+        """Registrations inside the block are undone at its end (for tests)."""
+        layers, derivers = dict(self._layers), {k: list(v) for k, v in self._derivers.items()}
+        impls = {k: dict(v) for k, v in self._impls.items()}
+        try:
+            yield self
+        finally:
+            self._layers, self._impls, self._derivers = layers, impls, derivers
 
     def load_file(self, path: str | Path) -> list[Impl]:
         """Import a user's Python file; return the implementations it registered.
@@ -236,12 +285,12 @@ class Registry:
             raise
         except Exception as exc:
             raise RegistryError(f"--impl-file {path} does not import: "
-                             f"{type(exc).__name__}: {exc}") from exc
+                                f"{type(exc).__name__}: {exc}") from exc
         added = [i for layer in self._impls.values() for i in layer.values()
                  if (i.layer, i.name) not in before]
         if not added:
             raise RegistryError(f"--impl-file {path} registers no implementation "
-                             "(decorate a function with @register_impl(layer, name))")
+                                "(decorate a function with @register_impl(layer, name))")
         return added
 
 
@@ -263,6 +312,8 @@ def register_impl(
     naive: bool = False,
     compilable: bool | None = None,
     notes: str = "",
+    parts: tuple[tuple[str, str], ...] = (),
+    replace: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn`` as implementation ``name`` of ``layer``; the function is returned unchanged.
 
@@ -274,6 +325,9 @@ def register_impl(
         compilable: whether ``torch.compile`` makes sense (default: not for naive loops, which
             dynamo would unroll).
         notes: what a user should know, shown by ``list`` (e.g. "returns no attention weights").
+        parts: the registered ``(layer, impl)`` implementations this one is made of.
+        replace: take the place of an implementation of the same name (derived
+            implementations follow their base; tests swap one in a ``REGISTRY.scoped()`` block).
     """
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -282,8 +336,8 @@ def register_impl(
             layer=layer, name=name, fn=fn, devices=frozenset(devices),
             dtypes=frozenset(dtypes), modes=frozenset(modes), naive=naive,
             compilable=(not naive) if compilable is None else compilable,
-            source=source, notes=notes,
-        ))
+            source=source, notes=notes, parts=parts,
+        ), replace=replace)
         return fn
 
     return wrap

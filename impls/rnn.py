@@ -26,6 +26,7 @@ _UNROLLS = "torch.compile unrolls the loop over seq_len: compile time grows with
 class RNNLayer(Layer):
     name = "rnn"
     title = "Elman RNN (myRNN)"
+    order = 60
     params = ("seq_len", "N", "vocab_size", "embed_dim", "hidden_dim", "output_dim")
     labels: ClassVar[dict[str, str]] = {"seq_len": "T", "vocab_size": "V", "embed_dim": "E",
                                         "hidden_dim": "H", "output_dim": "O"}

@@ -3,67 +3,50 @@
 Three layers: ``encoder`` (the Encoder stack: ``src_seq, src_mask -> enc_output``), ``decoder``
 (the Decoder stack: ``trg_seq, trg_mask, enc_output, src_mask -> dec_output``) and
 ``transformer`` (``src_seq, trg_seq -> logits (N * trg_len, n_vocab)``). Each has one
-implementation per attention implementation (``loops``, ``matmul``, ``einsum``, ``blockwise``,
-``builtin``; on CUDA ``sdpa_math``, ``sdpa_flash``, ``sdpa_efficient``, ``sdpa_cudnn``), all
-computing the repository's structure (``impls.transformer_parts``) with their own multi-head
-projections, and ``torch_layers`` on nn.TransformerEncoderLayer / nn.TransformerDecoderLayer
-with the weights mapped in. ``sdpa_flash`` takes no attention mask and every case here is
+implementation per registered attention implementation (``REGISTRY.derive``: the built-in ones
+and any a user registers), all computing the repository's structure
+(``impls.transformer_parts``) with ``impls.mha.multi_head_attention``, and ``torch_layers`` on
+nn.TransformerEncoderLayer / nn.TransformerDecoderLayer with the weights mapped in
+(``impls.transformer_torch``). ``sdpa_flash`` takes no attention mask and every case here is
 masked, so its cases are skipped (``Unsupported``).
 
 The ``transformer`` layer uses the repository's defaults: ``trg_emb_prj_weight_sharing`` and
 ``emb_src_trg_weight_sharing`` on (one ``emb`` table, listed once in ``grad``) and
 ``scale_emb_or_prj = "prj"`` (logits scaled by ``d_model ** -0.5``).
 
-The nn.Modules (PositionalEncoding, PositionwiseFeedForward, EncoderLayer, DecoderLayer,
-Encoder, Decoder, Transformer; defined in ``impls.transformer_parts``) mirror the repository,
-parameter names included, so its ``state_dict`` loads; ``impl=`` picks the attention
-implementation.
+The repository's nn.Modules are in ``impls.transformer_modules``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from abc import abstractmethod
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 
-from impls.mha import per_head_sizes
+from impls.attention import LAYER as ATTENTION
+from impls.mha import AttentionFn, per_head_sizes
 from impls.registry import (
     REGISTRY,
     CaseInputs,
+    Impl,
     Layer,
     Params,
-    Unsupported,
     register_impl,
     register_layer,
 )
 from impls.transformer_parts import (
-    KINK_MARGIN,
-    LN_EPS,
     N_POSITION,
-    AttnWeights,
-    Decoder,
-    DecoderLayer,
     DecoderLayerFn,
-    Encoder,
-    EncoderLayer,
     EncoderLayerFn,
-    FFNWeights,
-    MultiHeadSublayer,
-    PositionalEncoding,
-    PositionwiseFeedForward,
-    Transformer,
     decoder_forward,
     encoder_forward,
     get_pad_mask,
     get_subsequent_mask,
     kink_free_layers,
-    reference_attention,
     seed_layers,
     sinusoid_table,
     transformer_forward,
@@ -176,14 +159,14 @@ class _TransformerPart(Layer):
         # (it errs by ~1e-6 where the margin is 1e-4) and twice as fast as float64.
         probe = inputs.to(torch.float32, "cpu")
         with torch.no_grad():
-            self.run(kink_free_layers(params["n_head"]), **probe.tensors, **probe.static)
+            self.run(kink_free_layers(params["n_head"], ATTENTION.reference), **probe.args)
         for name, t in inputs.tensors.items():
             if name.endswith("ffn_b_1"):
                 t.copy_(probe.tensors[name])
         return inputs
 
     def reference(self, **inputs: Any) -> Tensor:
-        return self.run(seed_layers(inputs["n_head"], reference_attention), **inputs)
+        return self.run(seed_layers(inputs["n_head"], ATTENTION.reference), **inputs)
 
     @abstractmethod
     def other_bytes(self, params: Params) -> int:
@@ -210,6 +193,7 @@ class _TransformerPart(Layer):
 class EncoderStack(_TransformerPart):
     name = "encoder"
     title = "Encoder (stack of EncoderLayer)"
+    order = 90
     params = ("N", "seq_len", *_MODEL)
     lengths = ("seq_len",)
 
@@ -257,6 +241,7 @@ class EncoderStack(_TransformerPart):
 class DecoderStack(_TransformerPart):
     name = "decoder"
     title = "Decoder (stack of DecoderLayer)"
+    order = 91
     params = ("N", "trg_len", "src_len", *_MODEL)
     lengths = ("trg_len", "src_len")
 
@@ -309,6 +294,7 @@ class DecoderStack(_TransformerPart):
 class TransformerModel(_TransformerPart):
     name = "transformer"
     title = "Transformer (src, trg -> logits; shared embeddings, scale_emb_or_prj='prj')"
+    order = 92
     params = ("N", "src_len", "trg_len", *_MODEL)
     lengths = ("src_len", "trg_len")
 
@@ -364,42 +350,33 @@ DECODER = register_layer(DecoderStack())
 TRANSFORMER = register_layer(TransformerModel())
 
 
-# --- implementations: one per attention implementation, plus torch_layers -------------------
-
-#: the attention implementations the three layers are built on
-ATTENTIONS = ("loops", "matmul", "einsum", "blockwise", "builtin", "sdpa_math", "sdpa_flash",
-              "sdpa_efficient", "sdpa_cudnn")
+# --- implementations: one per attention implementation (torch_layers: impls.transformer_torch)
 
 
-def attention_fn(name: str) -> Callable[..., Any]:
-    """The registered attention implementation ``name``, looked up when called."""
-    return REGISTRY.impl("attention", name).fn
-
-
-def _encoder_impl(attention: str) -> Callable[..., Tensor]:
+def _encoder_impl(attention: AttentionFn) -> Callable[..., Tensor]:
     def impl(src_seq: Tensor, src_mask: Tensor, emb: Tensor, pos_table: Tensor, pad_idx: int,
              n_head: int, scale_emb: bool, **weights: Tensor) -> Tensor:
-        layers = seed_layers(n_head, attention_fn(attention))
+        layers = seed_layers(n_head, attention)
         return encoder_forward(src_seq, src_mask, emb, pos_table, weights, "", pad_idx,
                                scale_emb, layers[0])
     return impl
 
 
-def _decoder_impl(attention: str) -> Callable[..., Tensor]:
+def _decoder_impl(attention: AttentionFn) -> Callable[..., Tensor]:
     def impl(trg_seq: Tensor, trg_mask: Tensor, enc_output: Tensor, src_mask: Tensor,
              emb: Tensor, pos_table: Tensor, pad_idx: int, n_head: int, scale_emb: bool,
              **weights: Tensor) -> Tensor:
-        layers = seed_layers(n_head, attention_fn(attention))
+        layers = seed_layers(n_head, attention)
         return decoder_forward(trg_seq, trg_mask, enc_output, src_mask, emb, pos_table,
                                weights, "", pad_idx, scale_emb, layers[1])
     return impl
 
 
-def _transformer_impl(attention: str) -> Callable[..., Tensor]:
+def _transformer_impl(attention: AttentionFn) -> Callable[..., Tensor]:
     def impl(src_seq: Tensor, trg_seq: Tensor, emb: Tensor, pos_table: Tensor, pad_idx: int,
              n_head: int, scale_emb_or_prj: str, **weights: Tensor) -> Tensor:
         return transformer_forward(src_seq, trg_seq, emb, pos_table, weights, pad_idx,
-                                   scale_emb_or_prj, seed_layers(n_head, attention_fn(attention)))
+                                   scale_emb_or_prj, seed_layers(n_head, attention))
     return impl
 
 
@@ -409,163 +386,22 @@ _FAMILY_NOTES = {"matmul": "float16 fails: the notes' masked_fill(-1e9) does not
                                "every case is skipped; listed for completeness"}
 
 
-def _register_family(attention: str) -> None:
-    """``encoder_<attention>``, ``decoder_<attention>``, ``transformer_<attention>``, with the
-    attention implementation's devices, dtypes and naivety."""
-    base = REGISTRY.impl("attention", attention)
+def _register_family(base: Impl) -> None:
+    """``encoder``, ``decoder`` and ``transformer`` implementations named after the attention
+    implementation ``base`` and computed with it, with its devices, dtypes and naivety."""
     for layer, make in (("encoder", _encoder_impl), ("decoder", _decoder_impl),
                         ("transformer", _transformer_impl)):
-        fn = make(attention)
-        fn.__name__ = fn.__qualname__ = f"{layer}_{attention}"
-        fn.__doc__ = f"The notes' structure, attention/{attention}: {base.description}"
-        register_impl(layer, attention, devices=tuple(base.devices), dtypes=tuple(base.dtypes),
-                      naive=base.naive, compilable=base.compilable,
-                      notes=_FAMILY_NOTES.get(attention, ""))(fn)
+        fn = make(base.fn)
+        fn.__name__ = fn.__qualname__ = f"{layer}_{base.name}"
+        fn.__doc__ = f"The notes' structure, attention/{base.name}: {base.description}"
+        register_impl(layer, base.name, devices=tuple(base.devices), dtypes=tuple(base.dtypes),
+                      modes=tuple(base.modes), naive=base.naive, compilable=base.compilable,
+                      notes=_FAMILY_NOTES.get(base.name, ""), parts=(("attention", base.name),),
+                      replace=True)(fn)
 
 
-for _attention in ATTENTIONS:
-    _register_family(_attention)
+REGISTRY.derive("attention", _register_family)
 
 
-# --- the same layers on nn.TransformerEncoderLayer / nn.TransformerDecoderLayer ---------------
-
-
-def _torch_masks(mask: Tensor | None, n_head: int) -> tuple[Tensor | None, Tensor | None]:
-    """A seed mask ``(N, 1 or len_q, len_k)`` (True = may attend) in PyTorch's convention
-    (True = masked): ``(attn_mask (N * n_head, len_q, len_k), key_padding_mask (N, len_k))``."""
-    if mask is None:
-        return None, None
-    if mask.size(1) == 1:
-        return None, ~mask.squeeze(1)  # (N, len_k): a pure key-padding mask
-    # PyTorch lays the heads out batch-major: row b * n_head + h holds sample b's mask
-    return (~mask).repeat_interleave(n_head, dim=0), None  # (N * n_head, len_q, len_k)
-
-
-def _attn_params(prefix: str, w: AttnWeights) -> dict[str, Tensor]:
-    """nn.MultiheadAttention's parameters carrying the seed's weights, with zero biases."""
-    d_model = w.fc.size(0)
-    zeros = w.fc.new_zeros
-    return {f"{prefix}.in_proj_weight": torch.cat([w.w_qs, w.w_ks, w.w_vs]),  # (3 d, d)
-            f"{prefix}.in_proj_bias": zeros(3 * d_model),
-            f"{prefix}.out_proj.weight": w.fc, f"{prefix}.out_proj.bias": zeros(d_model)}
-
-
-def _ffn_params(w: FFNWeights, norm: str) -> dict[str, Tensor]:
-    return {"linear1.weight": w.w_1, "linear1.bias": w.b_1, "linear2.weight": w.w_2,
-            "linear2.bias": w.b_2, f"{norm}.weight": w.ln_w, f"{norm}.bias": w.ln_b}
-
-
-def _torch_modules(d_model: int, n_head: int, d_inner: int
-                   ) -> tuple[nn.TransformerEncoderLayer, nn.TransformerDecoderLayer]:
-    """The cached torch layers, built outside any graph (dynamo would trace the constructors).
-
-    ``torch.compiler.disable`` is applied here, at call time, not as a decorator: a decorator
-    would import dynamo (about a second) whenever ``impls`` is imported.
-    """
-    return torch.compiler.disable(_build_torch_modules)(d_model, n_head, d_inner)
-
-
-@functools.lru_cache(maxsize=32)
-def _build_torch_modules(d_model: int, n_head: int, d_inner: int
-                         ) -> tuple[nn.TransformerEncoderLayer, nn.TransformerDecoderLayer]:
-    """nn.TransformerEncoderLayer and nn.TransformerDecoderLayer on the meta device: no memory,
-    no init, only the structure that ``functional_call`` runs on our weights.
-
-    Cached because building them costs about two milliseconds, as much as a small stack's
-    forward. ``bias=True`` applies to every linear and LayerNorm: the seed's FFN and LayerNorms
-    have biases, its attention projections do not, so those get zero biases (an exact mapping).
-    """
-    kwargs: dict[str, Any] = dict(
-        d_model=d_model, nhead=n_head, dim_feedforward=d_inner, dropout=0.0, activation="relu",
-        layer_norm_eps=LN_EPS, batch_first=True, norm_first=False, bias=True, device="meta")
-    return (nn.TransformerEncoderLayer(**kwargs).eval(),
-            nn.TransformerDecoderLayer(**kwargs).eval())
-
-
-def torch_encoder_layer(x: Tensor, slf_attn_mask: Tensor | None, slf: AttnWeights,
-                        ffn: FFNWeights, *, module: nn.TransformerEncoderLayer,
-                        n_head: int) -> Tensor:
-    """EncoderLayer as nn.TransformerEncoderLayer (post-norm, relu, eps 1e-6) with the seed's
-    weights mapped in; ``functional_call`` runs it on our tensors, so gradients reach them."""
-    attn_mask, key_padding_mask = _torch_masks(slf_attn_mask, n_head)
-    params = {**_attn_params("self_attn", slf), "norm1.weight": slf.ln_w,
-              "norm1.bias": slf.ln_b, **_ffn_params(ffn, "norm2")}
-    return functional_call(module, params, (x,), {
-        "src_mask": attn_mask, "src_key_padding_mask": key_padding_mask})
-
-
-def torch_decoder_layer(x: Tensor, enc_output: Tensor, slf_attn_mask: Tensor | None,
-                        dec_enc_attn_mask: Tensor | None, slf: AttnWeights, enc: AttnWeights,
-                        ffn: FFNWeights, *, module: nn.TransformerDecoderLayer,
-                        n_head: int) -> Tensor:
-    """DecoderLayer as nn.TransformerDecoderLayer with the seed's weights mapped in."""
-    tgt_mask, tgt_key_padding_mask = _torch_masks(slf_attn_mask, n_head)
-    memory_mask, memory_key_padding_mask = _torch_masks(dec_enc_attn_mask, n_head)
-    params = {**_attn_params("self_attn", slf), "norm1.weight": slf.ln_w,
-              "norm1.bias": slf.ln_b, **_attn_params("multihead_attn", enc),
-              "norm2.weight": enc.ln_w, "norm2.bias": enc.ln_b, **_ffn_params(ffn, "norm3")}
-    return functional_call(module, params, (x, enc_output), {
-        "tgt_mask": tgt_mask, "memory_mask": memory_mask,
-        "tgt_key_padding_mask": tgt_key_padding_mask,
-        "memory_key_padding_mask": memory_key_padding_mask})
-
-
-def torch_layers(n_head: int, weights: Mapping[str, Tensor], prefix: str = ""
-                 ) -> tuple[EncoderLayerFn, DecoderLayerFn]:
-    """EncoderLayer and DecoderLayer on PyTorch's own Transformer layers, sized from the stacked
-    ``prefix + "slf_*"`` and ``prefix + "ffn_*"`` weights.
-
-    Raises ``Unsupported`` (the case is skipped) unless ``n_head * d_k == n_head * d_v ==
-    d_model``: PyTorch splits d_model into the heads, the notes size them freely.
-    """
-    _, qk, d_model = weights[prefix + "slf_w_qs"].shape  # (n_layers, n_head * d_k, d_model)
-    v = weights[prefix + "slf_w_vs"].size(1)
-    if qk != d_model or v != d_model:
-        raise Unsupported(f"torch_layers needs n_head * d_k == n_head * d_v == d_model (PyTorch "
-                         f"splits d_model into heads); got n_head * d_k = {qk}, "
-                         f"n_head * d_v = {v}, d_model = {d_model}")
-    encoder, decoder = _torch_modules(d_model, n_head, weights[prefix + "ffn_w_1"].size(1))
-    return (functools.partial(torch_encoder_layer, module=encoder, n_head=n_head),
-            functools.partial(torch_decoder_layer, module=decoder, n_head=n_head))
-
-
-_TORCH_NOTES = ("exact mapping (zero biases on the attention projections); needs n_head * d_k "
-                "== n_head * d_v == d_model; fwd may take PyTorch's fused fast path")
-
-
-@register_impl("encoder", "torch_layers", notes=_TORCH_NOTES)
-def encoder_torch_layers(src_seq: Tensor, src_mask: Tensor, emb: Tensor, pos_table: Tensor,
-                         pad_idx: int, n_head: int, scale_emb: bool, **weights: Tensor) -> Tensor:
-    """nn.TransformerEncoderLayer stack (post-norm, relu, eps 1e-6), key-padding mask."""
-    layers = torch_layers(n_head, weights)
-    return encoder_forward(src_seq, src_mask, emb, pos_table, weights, "", pad_idx, scale_emb,
-                           layers[0])
-
-
-@register_impl("decoder", "torch_layers", notes=_TORCH_NOTES.split("; fwd")[0])
-def decoder_torch_layers(trg_seq: Tensor, trg_mask: Tensor, enc_output: Tensor,
-                         src_mask: Tensor, emb: Tensor, pos_table: Tensor, pad_idx: int,
-                         n_head: int, scale_emb: bool, **weights: Tensor) -> Tensor:
-    """nn.TransformerDecoderLayer stack; trg_mask as a per-head attn_mask."""
-    layers = torch_layers(n_head, weights)
-    return decoder_forward(trg_seq, trg_mask, enc_output, src_mask, emb, pos_table, weights, "",
-                           pad_idx, scale_emb, layers[1])
-
-
-@register_impl("transformer", "torch_layers", notes=_TORCH_NOTES)
-def transformer_torch_layers(src_seq: Tensor, trg_seq: Tensor, emb: Tensor, pos_table: Tensor,
-                             pad_idx: int, n_head: int, scale_emb_or_prj: str,
-                             **weights: Tensor) -> Tensor:
-    """The model on nn.TransformerEncoderLayer / nn.TransformerDecoderLayer (not nn.Transformer,
-    whose stacks end in a LayerNorm the notes do not have)."""
-    layers = torch_layers(n_head, weights, "enc_")
-    return transformer_forward(src_seq, trg_seq, emb, pos_table, weights, pad_idx,
-                               scale_emb_or_prj, layers)
-
-
-__all__ = ["ATTENTIONS", "DECODER", "ENCODER", "KINK_MARGIN", "TRANSFORMER", "Decoder",
-           "DecoderLayer", "DecoderStack", "Encoder", "EncoderLayer", "EncoderStack",
-           "MultiHeadSublayer", "PositionalEncoding", "PositionwiseFeedForward", "Transformer",
-           "TransformerModel", "attention_fn", "decoder_torch_layers", "encoder_torch_layers",
-           "get_pad_mask", "get_subsequent_mask", "sinusoid_table", "torch_layers",
-           "transformer_torch_layers"]
+__all__ = ["DECODER", "ENCODER", "TRANSFORMER", "DecoderStack", "EncoderStack",
+           "TransformerModel"]

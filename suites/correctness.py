@@ -12,6 +12,7 @@ each trial still gets inputs of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import OrderedDict
 from collections.abc import Callable
@@ -212,10 +213,10 @@ def _new_reference(layer: Layer, params: Params, seed: int, dtype: torch.dtype,
     inputs = ref.clone()  # kept pristine: the reference below updates its state in place
     if mode == "fwd":
         with torch.no_grad():
-            outs = _as_tuple(layer.reference(**ref.tensors, **ref.static))
+            outs = _as_tuple(layer.reference(**ref.args))
         return _Reference(layer, inputs, None, outs, {}, _state(ref))
     leaves = {n: t.detach().requires_grad_(n in ref.grad) for n, t in ref.tensors.items()}
-    outs = _as_tuple(layer.reference(**leaves, **ref.static))
+    outs = _as_tuple(layer.reference(**_with(ref, leaves).args))
     wanted = [leaves[n] for n in ref.grad]
     detached = tuple(o.detach() for o in outs)
     if mode == "train":  # one SGD step: the weights after it are compared like state
@@ -233,6 +234,10 @@ def _new_reference(layer: Layer, params: Params, seed: int, dtype: torch.dtype,
 
 def _as_tuple(out: Any) -> tuple[Any, ...]:
     return tuple(out) if isinstance(out, tuple | list) else (out,)
+
+
+def _with(inputs: CaseInputs, tensors: dict[str, Tensor]) -> CaseInputs:
+    return dataclasses.replace(inputs, tensors=tensors)
 
 
 def _state(inputs: CaseInputs) -> dict[str, Tensor]:
@@ -253,18 +258,20 @@ def bind(fn: Callable[..., Any], trial: Trial) -> Call:
     """
     inputs = trial.inputs
     if trial.mode == "fwd":
-        return lambda: (fn(**inputs.tensors, **inputs.static), {})
+        args = inputs.args
+        return lambda: (fn(**args), {})
     leaves = {n: t.detach().requires_grad_(n in inputs.grad) for n, t in inputs.tensors.items()}
+    args = _with(inputs, leaves).args
     wanted = [leaves[n] for n in inputs.grad]
     layer, grad_out = trial.layer, trial.grad_out
 
     def forward_backward() -> tuple[Any, dict[str, Tensor | None]]:
-        out = fn(**leaves, **inputs.static)
+        out = fn(**args)
         grads = torch.autograd.grad(_as_tuple(out)[0], wanted, grad_out, allow_unused=True)
         return out, dict(zip(inputs.grad, grads, strict=True))
 
     def train_step() -> tuple[Any, dict[str, Tensor | None]]:
-        out = fn(**leaves, **inputs.static)
+        out = fn(**args)
         grads = torch.autograd.grad(layer.loss(_as_tuple(out)[0], leaves), wanted)
         with torch.no_grad():
             torch._foreach_add_(wanted, list(grads), alpha=-layer.lr)
