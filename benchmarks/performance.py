@@ -214,22 +214,20 @@ def part_agreement(rounds: int = 3) -> list[str]:
     import torch
     from torch.utils import benchmark
 
-    from impls import DTYPE_NAMES, REGISTRY
+    from impls import REGISTRY
     from suites.cases import plan
     from suites.config import BenchConfig, TimingConfig
-    from suites.correctness import bind, make_trial
+    from suites.devices import device
+    from suites.runner import prepared
     from suites.timing import measure
 
     config = BenchConfig(layers=("conv",), preset="default")
     threads = torch.get_num_threads()
     rows = []
     for case in plan(config):
-        impl = REGISTRY.impl(case.layer, case.impl)
-        if impl.naive:
+        if REGISTRY.impl(case.layer, case.impl).naive:
             continue
-        layer = REGISTRY.layer(case.layer)
-        trial = make_trial(layer, case.size, 0, DTYPE_NAMES[case.dtype], case.device, case.mode)
-        step = bind(impl.fn, trial)
+        step = prepared(case, seed=0)
         timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=threads)
         ours, theirs = [], []
         with torch.no_grad():
@@ -238,7 +236,7 @@ def part_agreement(rounds: int = 3) -> list[str]:
             for i in range(rounds):
                 for method in ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours"):
                     if method == "ours":
-                        ours.append(measure(step, "cpu", TimingConfig(), threads).median_s)
+                        ours.append(measure(step, device("cpu"), TimingConfig(), threads).median_s)
                     else:
                         theirs.append(timer.blocked_autorange(min_run_time=0.5).median)
         a, b = float(np.median(ours)), float(np.median(theirs))

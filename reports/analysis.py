@@ -9,15 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from reports.schema import TIMED, device_kind
 from reports.style import variant
 
 GROUP = ["layer", "impl", "compile", "device", "dtype", "mode"]
-MEASURED = ("ok", "incorrect")
-
-
 def measured(results: pd.DataFrame) -> pd.DataFrame:
     """Rows with a time: status ``ok`` or ``incorrect`` and a positive median."""
-    keep = results["status"].isin(MEASURED) & (results["median_ms"] > 0)
+    keep = results["status"].isin(TIMED) & (results["median_ms"] > 0)
     return results[keep]
 
 
@@ -77,7 +75,7 @@ OTHER_OPS = "other"
 
 def self_time_column(ops: pd.DataFrame) -> str:
     """Where an operator's own time is: kernel time on a GPU run, CPU time otherwise."""
-    on_gpu = ops["device"].astype(str).str.startswith("cuda")
+    on_gpu = ops["device"].astype(str).map(device_kind) == "cuda"
     if on_gpu.any() and pd.to_numeric(ops.loc[on_gpu, "self_device_us"]).sum() > 0:
         return "self_device_us"
     return "self_cpu_us"

@@ -1,18 +1,18 @@
-"""The regression gate's data: a baseline's run-to-run noise, its code, and re-measured verdicts.
+"""The regression gate's data: a baseline's run-to-run noise, and re-measured verdicts.
 
 A baseline is a run directory (``results.csv``, ``samples.csv``, ``meta.json``) plus
 ``noise.csv``: for every case, how much its median moved between repeated runs of unchanged code
 (A/A), as the standard deviation of the log medians, in seconds and relative to the same run's
-eager builtin; and ``code.tar.gz``, the code it timed. ``check`` widens each case's threshold to
-3x that noise (``gate``). A case flagged slower is timed again, the baseline's code and the
-current code one after the other, and must be slower than the baseline's code in every such
-round, or it is reported ``suspicious``, not failed: a machine that drifted since the baseline
-was recorded (a noisy neighbour, another host of the same kind) moves both alike.
+eager builtin; and ``code.tar.gz``, the code it timed (``suites.baseline`` stores it). ``check``
+widens each case's threshold to 3x that noise (``gate``). A case flagged slower is timed again,
+the baseline's code and the current code one after the other, and must be slower than the
+baseline's code in every such round, or it is reported ``suspicious``, not failed: a machine
+that drifted since the baseline was recorded (a noisy neighbour, another host of the same kind)
+moves both alike.
 """
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -21,12 +21,10 @@ import numpy as np
 import pandas as pd
 
 from reports.compare import Comparison, compare_runs
-from reports.schema import KEY_COLUMNS, RunDataError, load_run
-from suites.compilation import PROJECT_ROOT
+from reports.console import say
+from reports.schema import KEY_COLUMNS, TIMED, RunDataError, is_baseline, load_run
 
 NOISE_FILE = "noise.csv"
-CODE_FILE = "code.tar.gz"  # the code the baseline timed: the project's packages + impl files
-CODE_PARTS = ("cli.py", "impls", "suites", "reports")
 NOISE_COLUMNS = [*KEY_COLUMNS, "repeats", "noise_abs", "noise_rel"]
 REF_KEY = ["layer", "device", "dtype", "mode", "case"]
 
@@ -40,8 +38,9 @@ def case_noise(run_dirs: list[Path]) -> pd.DataFrame:
     medians = []
     for i, run_dir in enumerate(run_dirs):
         results, _ = load_run(run_dir)
-        timed = results[results["status"].isin(["ok", "incorrect"]) & (results["median_ms"] > 0)]
-        builtin = timed[(timed["impl"] == "builtin") & (timed["compile"] == "none")]
+        timed = results[results["status"].isin(TIMED) & (results["median_ms"] > 0)]
+        builtin = timed[[is_baseline(i, c) for i, c in zip(timed["impl"], timed["compile"],
+                                                            strict=True)]]
         ref = builtin.set_index(REF_KEY)["median_ms"].rename("builtin_ms")
         timed = timed.join(ref, on=REF_KEY)
         medians.append(timed.assign(repeat=i, rel=timed["median_ms"] / timed["builtin_ms"]))
@@ -78,49 +77,6 @@ def load_noise(baseline: Path, basis: str) -> dict[tuple[str, ...], float]:
     column = "noise_rel" if basis == "relative" else "noise_abs"
     return {tuple(row[list(KEY_COLUMNS)]): float(row[column])
             for _, row in frame.iterrows() if np.isfinite(row[column])}
-
-
-def save_code(baseline: Path, impl_files: tuple[Path, ...]) -> Path:
-    """Store the code being timed in ``baseline/code.tar.gz``: this project's ``cli.py`` and
-    packages (Python files) and the implementation files, as ``impl_files/<i>_<name>``.
-
-    A check times flagged cases with this code and the current code alongside, so a machine
-    that drifted since the baseline was recorded is not taken for a regression.
-    """
-    path = baseline / CODE_FILE
-    with tarfile.open(path, "w:gz") as tar:
-        for part in CODE_PARTS:
-            source = PROJECT_ROOT / part
-            files = [source] if source.is_file() else sorted(source.rglob("*.py"))
-            for file in files:
-                tar.add(file, arcname=str(file.relative_to(PROJECT_ROOT)))
-        for i, file in enumerate(impl_files):
-            tar.add(file, arcname=f"impl_files/{i}_{file.name}")
-    return path
-
-
-def load_code(baseline: Path, dest: Path) -> tuple[Path | None, tuple[Path, ...], str]:
-    """The baseline's stored code unpacked into the new directory ``dest``: (``dest``, its
-    implementation files, "") or (None, (), why not)."""
-    path = baseline / CODE_FILE
-    if not path.is_file():
-        return None, (), f"{baseline} stores no code ({CODE_FILE}; save the baseline again)"
-    try:
-        with tarfile.open(path) as tar:
-            names = tar.getnames()
-            if any(Path(n).is_absolute() or ".." in Path(n).parts for n in names):
-                return None, (), f"{path}: a path outside the archive"
-            dest.mkdir(parents=True)
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, filter="data")
-            else:  # Python < 3.10.12: the names are checked above
-                tar.extractall(dest)
-    except (OSError, tarfile.TarError) as exc:
-        return None, (), f"{path}: unreadable ({exc})"
-    impl_dir = dest / "impl_files"
-    impl_files = tuple(sorted(impl_dir.iterdir(), key=lambda p: int(p.name.split("_")[0]))
-                       if impl_dir.is_dir() else ())
-    return dest, impl_files, ""
 
 
 def restrict(comparison: Comparison, layers: tuple[str, ...]) -> Comparison:
@@ -231,3 +187,27 @@ def summary_line(comparison: Comparison) -> str:
     word = "FAIL" if comparison.regressions else "PASS"
     return (f"{word}: {len(comparison.frame)} cases compared with the baseline, "
             f"{comparison.regressions} regression(s) ({detail})")
+
+
+def noise_lines(noise: pd.DataFrame) -> list[str]:
+    """The spread of a baseline's noise, one line per basis."""
+    lines = []
+    for column in ("noise_abs", "noise_rel"):
+        q = noise[column].quantile([0.5, 0.9, 1.0])
+        lines.append(f"  run-to-run noise ({column}): median {q[0.5]:.1%}, 90th percentile "
+                     f"{q[0.9]:.1%}, max {q[1.0]:.1%}")
+    return lines
+
+
+def rebuild_noise(baseline: Path, runs: list[Path]) -> int:
+    """The ``noise`` command: re-estimate ``baseline``'s per-case noise from its own run and
+    more A/A ``runs`` of the same code; prints where it wrote and the spread; exit 0."""
+    load_run(baseline)
+    for run_dir in runs:
+        load_run(run_dir)
+    noise = case_noise([baseline, *runs])
+    noise.to_csv(baseline / NOISE_FILE, index=False)
+    say(f"{baseline / NOISE_FILE}: {len(noise)} cases from {len(runs) + 1} runs")
+    for line in noise_lines(noise):
+        say(line)
+    return 0

@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports.schema import KEY_COLUMNS, RunDataError, load_run, load_samples
+from reports.schema import (
+    FAILED,
+    KEY_COLUMNS,
+    TIMED,
+    RunDataError,
+    is_baseline,
+    load_run,
+    load_samples,
+)
 from reports.stats import (
     classify,
     effect_threshold,
@@ -35,8 +43,6 @@ from reports.stats import (
 from reports.style import variant
 
 BASES = ("auto", "absolute", "relative")
-MEASURED = ("ok", "incorrect")  # statuses with a real time
-WRONG = ("incorrect", "error")
 UNTIMED_FLAGGED = ("oom", "timeout", "error")  # losing (or gaining) a time to these is suspicious
 REF_KEY = ("layer", "device", "dtype", "mode", "case")
 COLUMNS = [*KEY_COLUMNS, "run_a", "run_b", "status_a", "status_b", "median_a_ms", "median_b_ms",
@@ -115,7 +121,7 @@ def load(path: Path) -> Run:
     """A run directory with its samples indexed by case key."""
     results, meta = load_run(path)
     results = results.astype({c: str for c in KEY_COLUMNS})
-    timed = int((results["status"].isin(MEASURED) & (results["n_samples"] > 0)).sum())
+    timed = int((results["status"].isin(TIMED) & (results["n_samples"] > 0)).sum())
     if not timed:  # nothing to read (and a header-only samples.csv has no numeric column)
         return Run(path, str(meta.get("run_id") or path.name), meta, results, {})
     samples = load_samples(path).astype({**{c: str for c in KEY_COLUMNS}, "seconds": float})
@@ -146,15 +152,11 @@ def _fingerprint(run: Run) -> tuple[Any, ...]:
     return machine.get("host"), machine.get("cpu_model"), gpus, devices
 
 
-def _is_reference(row: dict[str, Any]) -> bool:
-    return row["impl"] == "builtin" and row["compile"] == "none"
-
-
 def _references(run: Run) -> dict[tuple[str, ...], float]:
     """Median seconds of each timed eager builtin, by (layer, device, dtype, mode, case)."""
     out = {}
     for row in run.results.to_dict("records"):
-        if _is_reference(row) and row["status"] in MEASURED:
+        if is_baseline(row["impl"], row["compile"]) and row["status"] in TIMED:
             values = run.samples.get(tuple(row[c] for c in KEY_COLUMNS))
             median = float(np.median(values)) if values is not None else row["median_ms"] / 1e3
             if median > 0:
@@ -165,7 +167,7 @@ def _references(run: Run) -> dict[tuple[str, ...], float]:
 def _index(run: Run, keys: list[str], basis: str) -> dict[tuple[str, ...], dict[str, Any]]:
     rows = run.results.to_dict("records")
     return {tuple(r[c] for c in keys): r for r in rows
-            if not (basis == "relative" and _is_reference(r))}
+            if not (basis == "relative" and is_baseline(r["impl"], r["compile"]))}
 
 
 def _compare_pair(a: Run, b: Run, keys: list[str], basis: str, threshold: float,
@@ -191,7 +193,7 @@ def _nothing_in_common(a: Run, b: Run, basis: str) -> str:
 def _values(run: Run, row: dict[str, Any],
             refs: dict[tuple[str, ...], float] | None) -> tuple[np.ndarray | None, str]:
     """The samples to compare (seconds or multiples of the builtin), or None and why not."""
-    if row["status"] not in MEASURED or not row["median_ms"] > 0:
+    if row["status"] not in TIMED or not row["median_ms"] > 0:
         return None, f"{row['status']}" + (f" ({row['reason']})" if _text(row["reason"]) else "")
     values = run.samples.get(tuple(row[c] for c in KEY_COLUMNS))
     if values is None:  # a row without samples still has its median: one value
@@ -242,7 +244,7 @@ def _case(ra: dict[str, Any] | None, rb: dict[str, Any] | None, a: Run, b: Run,
         verdict, note = _timing(row, va, vb, threshold, alpha, floor)
         if refs:
             row["rel_a"], row["rel_b"] = float(np.median(va)), float(np.median(vb))
-    elif sa in MEASURED and sb in MEASURED:  # timed, but no builtin to divide by
+    elif sa in TIMED and sb in TIMED:  # timed, but no builtin to divide by
         note = f"not compared: {why_a or why_b}"
     elif va is None and vb is None:
         note = f"not timed: {why_a}" + (f" -> {why_b}" if why_b != why_a else "")
@@ -251,7 +253,7 @@ def _case(ra: dict[str, Any] | None, rb: dict[str, Any] | None, a: Run, b: Run,
         verdict = "suspicious" if untimed in UNTIMED_FLAGGED else "same"
         note = f"timed only in {a.label if vb is None else b.label}; {sa} -> {sb}: " \
                f"{why_b or why_a}"
-    if (sa == "ok" and sb in WRONG) or (sa in WRONG and sb == "ok"):
+    if (sa == "ok" and sb in FAILED) or (sa in FAILED and sb == "ok"):
         verdict, note = "correctness changed", f"{sa} -> {sb}" + (
             f" ({rb['reason']})" if _text(rb["reason"]) else "") + (f"; {note}" if note else "")
         row["regression"] = sa == "ok"

@@ -10,10 +10,13 @@ import numpy as np
 import pandas as pd
 
 from reports import html
-from reports.compare import GEOMEAN_COLUMNS, Comparison
+from reports.compare import GEOMEAN_COLUMNS, Comparison, compare_runs
+from reports.console import say
 from reports.markdown import md_table
 from reports.meta import environment_rows
+from reports.outcome import EXIT_FAILED, EXIT_OK, UsageError
 from reports.style import VERDICT_COLORS, variant, variants
+from reports.writer import new_run_dir
 
 FIGURE_ROWS = 80  # cases drawn at most; the most changed ones when there are more
 TABLE_ROWS = 30  # rows per Markdown section; compare.csv has them all
@@ -50,6 +53,37 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> list[Path]:
              "<h2>Every case</h2>", html.table(_view(comparison, comparison.frame), scroll=True)]
     paths[2].write_text(html.page("Run comparison", "\n".join(body)), encoding="utf-8")
     return paths
+
+
+def regression_lines(comparison: Comparison, with_run: bool = True) -> list[str]:
+    """One ``REGRESSION ...`` line per case that fails (with the run it failed in)."""
+    lines = []
+    for _, r in comparison.frame[comparison.frame["regression"]].iterrows():
+        where = f"{r['run_b']}: " if with_run else ""
+        lines.append(f"REGRESSION {where}{r['layer']}/{r['impl']}+{r['compile']} {r['device']} "
+                     f"{r['dtype']} {r['mode']} {r['case']}: {r['verdict']} "
+                     f"(x{r['ratio']:.3g}) {r['note']}")
+    return lines
+
+
+def compare(runs: list[Path], basis: str, threshold: float, alpha: float,
+            out: Path | None) -> int:
+    """The ``compare`` command: compare each of ``runs[1:]`` with ``runs[0]``, write the files
+    to ``out`` (default ``results/<time>-compare``), print the verdicts; exit 1 on a
+    regression."""
+    comparison = compare_runs(runs, basis=basis, threshold=threshold, alpha=alpha)
+    try:
+        out_dir = out if out is not None else new_run_dir(Path("results"), "compare")
+        paths = write_comparison(comparison, out_dir)
+    except OSError as exc:
+        raise UsageError(f"cannot write the comparison ({exc.strerror or exc})") from None
+    counts = comparison.frame["verdict"].value_counts()
+    lines = [f"basis: {comparison.basis}; " + ", ".join(
+        f"{verdict} {n}" for verdict, n in counts.items()), *regression_lines(comparison),
+        f"comparison: {paths[2]}"]
+    for line in lines:
+        say(line)
+    return EXIT_FAILED if comparison.regressions else EXIT_OK
 
 
 def _machines(c: Comparison) -> str:

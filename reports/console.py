@@ -1,9 +1,12 @@
-"""What a run prints: a progress bar with ETA while it runs, and a summary table at the end."""
+"""What commands print: a progress bar with ETA while a run runs, summary tables at its end,
+the implementations of ``list`` and the operators of ``profile``."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+import os
+from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
@@ -17,12 +20,22 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from reports.style import variant, variants
-from suites.timing import format_seconds
+from reports.record import Case, CaseResult
+from reports.style import format_seconds, variant, variants
 
-if TYPE_CHECKING:
-    from suites.cases import Case
-    from suites.runner import CaseResult
+
+def console(stderr: bool = False) -> Console:
+    """A console that keeps tables whole when output goes to a file or a CI log."""
+    found = Console(stderr=stderr)
+    if not found.is_terminal and not os.environ.get("COLUMNS"):
+        found = Console(stderr=stderr, width=160)
+    return found
+
+
+def say(text: str, stderr: bool = False) -> None:
+    """One plain line (no markup, no colouring, paths never wrapped) to stdout or stderr."""
+    console(stderr).print(text, markup=False, highlight=False, soft_wrap=True)
+
 
 MARKS = {"ok": "[green]ok[/]", "incorrect": "[bold red]WRONG[/]", "error": "[red]error[/]",
          "oom": "[yellow]oom[/]", "timeout": "[yellow]timeout[/]", "skipped": "[dim]skipped[/]"}
@@ -101,3 +114,39 @@ def problems(results: pd.DataFrame) -> list[str]:
                      f"{r['device']} {r['dtype']} "
                      f"{r['mode']} {r['case']}: {r['reason']}")
     return lines
+
+
+_SHORT_DTYPES = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "float16": "f16"}
+
+
+def impl_table(rows: Iterable[dict[str, Any]]) -> Table:
+    """``list``: one row per implementation (``layer``, ``impl``, ``devices``, ``dtypes``,
+    ``modes``, ``compile`` (bool), ``notes``)."""
+    table = Table(title="layerbench implementations", title_justify="left")
+    for column in ("layer", "impl", "devices", "dtypes", "modes", "compile", "notes"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["layer"], r["impl"], ",".join(r["devices"]),
+                      ",".join(_SHORT_DTYPES.get(d, d) for d in r["dtypes"]),
+                      ",".join(r["modes"]), "yes" if r["compile"] else "no", r["notes"])
+    return table
+
+
+def ops_table(ops: pd.DataFrame, top: int, title: str) -> Table:
+    """``profile``: the top operators by self time, with their share and calls per call."""
+    device_time = ops["self_device_us"].sum() > 0
+    total = ops["self_cpu_us"].sum()
+    table = Table(title=f"{title}: top operators by self time (per call)",
+                  title_justify="left")
+    columns = ["operator", "calls", "self CPU us", "%", "CPU total us"]
+    columns += ["self device us", "device total us"] if device_time else []
+    for column in columns:
+        table.add_column(column, justify="left" if column == "operator" else "right")
+    for _, r in ops.head(top).iterrows():
+        cells = [r["op"], f"{r['calls']:.4g}", f"{r['self_cpu_us']:.4g}",
+                 f"{100 * r['self_cpu_us'] / total:.1f}" if total > 0 else "",
+                 f"{r['cpu_total_us']:.4g}"]
+        cells += [f"{r['self_device_us']:.4g}", f"{r['device_total_us']:.4g}"] if device_time \
+            else []
+        table.add_row(*cells)
+    return table

@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 
 from reports.analysis import OTHER_OPS, op_shares, self_time_column
-from reports.plots import (
+from reports.figures import (
     WIDTH_IN,
     Drawn,
+    LayerData,
     case_axis,
     facet_keys,
     facet_title,
@@ -37,8 +38,7 @@ from reports.plots import (
     subset,
     variant_pairs,
 )
-from reports.style import variant
-from suites.timing import format_seconds
+from reports.style import Palette, format_seconds, variant
 
 TOP_OPS = 7
 MAX_CASES = 4  # breakdown panels per figure
@@ -54,7 +54,7 @@ def op_colors(ops: list[str]) -> dict[str, str]:
     return {**dict(zip(named, palette, strict=False)), OTHER_OPS: OTHER_COLOR}
 
 
-def _breakdown(layer: Any) -> Drawn | None:
+def _breakdown(layer: LayerData) -> Drawn | None:
     shares = op_shares(layer.ops, TOP_OPS)
     if shares.empty:
         return None
@@ -81,7 +81,7 @@ def _breakdown(layer: Any) -> Drawn | None:
         rows = subset(layer.rows, where, key)
         calls = {(i, c): float(n) for i, c, n in zip(rows["impl"], rows["compile"],
                                                       rows["op_calls"], strict=True)}
-        _stacked_bars(ax, panel_data, colors, calls)
+        _stacked_bars(ax, panel_data, colors, calls, layer.palette)
         facet_title(ax, key)
     axes[-1, 0].set_xlabel("share of the self time of one call")
     handles = legend_handles(axes)
@@ -98,10 +98,10 @@ def _breakdown(layer: Any) -> Drawn | None:
 
 
 def _stacked_bars(ax: Any, data: pd.DataFrame, colors: dict[str, str],
-                  calls: dict[tuple[str, str], float]) -> None:
+                  calls: dict[tuple[str, str], float], impls: Palette) -> None:
     """Horizontal 100% bars, one per variant, segments per operator in ``colors`` order;
     labelled with the profiled time and the operators launched (``calls``) per call."""
-    pairs = variant_pairs(data)
+    pairs = variant_pairs(data, impls)
     names = []
     for row, (impl, mode) in enumerate(pairs):
         mine = data[(data["impl"] == impl) & (data["compile"] == mode)]
@@ -128,7 +128,7 @@ def _percent() -> Any:
     return PercentFormatter(1.0)
 
 
-def _per_size(layer: Any, column: str, ylabel: str, scale: float = 1.0,
+def _per_size(layer: LayerData, column: str, ylabel: str, scale: float = 1.0,
               reference: Callable[[Any, pd.DataFrame], None] | None = None) -> Any:
     rows = layer.rows[positive(layer.rows[column])]
     if rows.empty:
@@ -139,7 +139,7 @@ def _per_size(layer: Any, column: str, ylabel: str, scale: float = 1.0,
     fig, axes = grid(len(facets), sharex=True)
     for ax, facet in zip(axes[:, 0], facets, strict=True):
         sub = subset(rows, ("device", "dtype", "mode"), facet)
-        lines(ax, sub, "case", column, pos=pos)
+        lines(ax, sub, "case", column, layer.palette, pos=pos)
         if reference is not None:
             reference(ax, sub.assign(x=sub["case"].map(pos)))
         ax.set_yscale("log")
@@ -150,7 +150,7 @@ def _per_size(layer: Any, column: str, ylabel: str, scale: float = 1.0,
     return fig, rows
 
 
-def _op_calls(layer: Any) -> Drawn | None:
+def _op_calls(layer: LayerData) -> Drawn | None:
     drawn = _per_size(layer, "op_calls", "operators launched per call")
     if drawn is None:
         return None
@@ -162,7 +162,7 @@ def _op_calls(layer: Any) -> Drawn | None:
     return Drawn(fig, f"{layer.name}: operator calls per call ({setting(rows)})", caption)
 
 
-def _memory(layer: Any) -> Drawn | None:
+def _memory(layer: LayerData) -> Drawn | None:
     def minimum(ax: Any, sub: pd.DataFrame) -> None:
         io = sub.groupby("x")["bytes"].first() / 2**20
         ax.plot(io.index, io.to_numpy(float), color="0.3", linestyle=":", linewidth=1.2,
@@ -180,7 +180,7 @@ def _memory(layer: Any) -> Drawn | None:
     return Drawn(fig, f"{layer.name}: peak memory per call ({setting(rows)})", caption)
 
 
-PROFILE_DRAWERS: dict[str, Callable[[Any], Drawn | None]] = {
+PROFILE_DRAWERS: dict[str, Callable[[LayerData], Drawn | None]] = {
     "ops": _breakdown, "op_calls": _op_calls, "memory": _memory,
 }
 

@@ -14,11 +14,13 @@ import pandas as pd
 
 from reports import html
 from reports.analysis import best_per_size, growth_exponents, measured, profile_table
+from reports.console import say
 from reports.markdown import definitions, md_table
 from reports.meta import environment_rows
+from reports.outcome import UsageError
 from reports.schema import STATUSES, load_ops, load_run
 from reports.stats import geomean
-from reports.style import impl_order, variant, variants
+from reports.style import Palette, palette, variant, variants
 
 TABLE_COLUMNS = ["layer", "impl", "compile", "device", "dtype", "mode", "case", "status",
                  "median_ms", "iqr_ms", "n_samples", "gflops", "gbps", "roofline_frac",
@@ -57,7 +59,8 @@ def build_report(run_dir: str | Path) -> list[Path]:
     ops = load_ops(run_dir)
     figures = render(results, meta, run_dir / "plots", ops)
     profiled = profile_table(results, ops)
-    summaries = {layer: _layer_summary(rows, profiled[profiled["layer"] == layer])
+    order = palette(meta, results["impl"])
+    summaries = {layer: _layer_summary(rows, profiled[profiled["layer"] == layer], order)
                  for layer, rows in results.groupby("layer", sort=False)}
     title = f"layerbench report: {meta.get('run_id', run_dir.name)}"
     html_path, md_path = run_dir / "report.html", run_dir / "report.md"
@@ -66,6 +69,18 @@ def build_report(run_dir: str | Path) -> list[Path]:
     md_path.write_text(_markdown(title, results, meta, summaries, figures, run_dir),
                        encoding="utf-8")
     return [html_path, md_path, *(f.path for f in figures)]
+
+
+def report(run_dir: Path) -> int:
+    """The ``report`` command: (re)build the report of ``run_dir``; print what it wrote."""
+    try:
+        paths = build_report(run_dir)
+    except OSError as exc:
+        raise UsageError(f"{run_dir}: cannot write the report ({exc.strerror or exc})") from None
+    for path in paths[:2]:
+        say(str(path))
+    say(f"{len(paths) - 2} figures in {run_dir / 'plots'}")
+    return 0
 
 
 def status_counts(results: pd.DataFrame) -> pd.DataFrame:
@@ -98,7 +113,8 @@ def variant_summary(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _layer_summary(rows: pd.DataFrame, profiled: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def _layer_summary(rows: pd.DataFrame, profiled: pd.DataFrame,
+                   order: Palette) -> dict[str, pd.DataFrame]:
     best = best_per_size(rows)
     if len(best):
         best = best.assign(setting=best[SETTING].agg(" ".join, axis=1))[
@@ -110,8 +126,8 @@ def _layer_summary(rows: pd.DataFrame, profiled: pd.DataFrame) -> dict[str, pd.D
         setting=problems[SETTING].agg(" ".join, axis=1) if len(problems) else [])
     profiled = profiled.assign(setting=profiled[SETTING].agg(" ".join, axis=1)
                                if len(profiled) else [])
-    if len(profiled):  # the notes' order of techniques, then smallest size first
-        rank = {impl: i for i, impl in enumerate(impl_order(profiled["impl"]))}
+    if len(profiled):  # the run's order of implementations, then smallest size first
+        rank = {impl: i for i, impl in enumerate(order.sorted(profiled["impl"]))}
         flops = rows.groupby("case")["flops"].min()
         profiled = profiled.assign(_i=profiled["impl"].map(rank),
                                    _f=profiled["case"].map(flops)).sort_values(

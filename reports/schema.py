@@ -1,7 +1,10 @@
-"""The run directory's files: their columns, the writer that appends them, and the loader.
+"""The run directory's files: their columns, the rules that read them, the appender, the loader.
 
 ``results.csv`` gets one row per case, appended and flushed to disk as each case ends, so an
-interrupted run still leaves every finished case in a valid file.
+interrupted run still leaves every finished case in a valid file. The rules every reader and
+writer shares live here, each once: which statuses carry a time or fail a run, which case is
+the baseline of ``speedup_vs_builtin``, and which precision (and so which tolerance and which
+roofline peak) a case computes in.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from reports.outcome import EXIT_FAILED, EXIT_OK, UsageError
 
 SCHEMA_VERSION = 1
 
@@ -31,7 +36,34 @@ SAMPLE_COLUMNS = (*KEY_COLUMNS, "sample", "seconds")
 OPS_COLUMNS = (*KEY_COLUMNS, "profiled_case", "op", "calls", "self_cpu_us", "cpu_total_us",
                "self_device_us", "device_total_us", "self_cpu_mem_bytes", "note")
 STATUSES = ("ok", "incorrect", "error", "oom", "timeout", "skipped")
+#: statuses with a measured time (a wrong implementation is still timed)
+TIMED = ("ok", "incorrect")
+#: statuses that make a run fail (exit 1): oom, timeout and skipped are results, not failures
+FAILED = ("incorrect", "error")
 NUMERIC_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in ("status", "reason"))
+
+#: the implementation every other is compared with, eager (``speedup_vs_builtin``)
+BASELINE_IMPL = "builtin"
+
+
+def is_baseline(impl: str, compile_mode: str) -> bool:
+    """Whether a row is its size's baseline: the eager builtin."""
+    return impl == BASELINE_IMPL and compile_mode == "none"
+
+
+def device_kind(device: str) -> str:
+    """``cuda:1`` -> ``cuda``: the kind of a device as written in the run files."""
+    return device.partition(":")[0]
+
+
+def precision(dtype: str, device: str, tf32: dict[str, Any]) -> str:
+    """What a case computes in: its dtype, or ``tf32`` for float32 on CUDA where TF32 is
+    allowed (``tf32``: the flags recorded in ``meta.json``, ``machine.tf32``). It picks the
+    correctness tolerance and the matmul peak of the roofline alike."""
+    if dtype == "float32" and device_kind(device) == "cuda" and (
+            tf32.get("cuda_matmul_allow_tf32") or tf32.get("cudnn_allow_tf32")):
+        return "tf32"
+    return dtype
 
 
 def result_columns(param_names: Iterable[str]) -> list[str]:
@@ -80,7 +112,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-class RunDataError(ValueError):
+class RunDataError(UsageError):
     """A run directory that is missing, corrupt, empty or of another schema version."""
 
 
@@ -119,6 +151,11 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if unknown:
         raise RunDataError(f"{results}: unknown status {', '.join(map(repr, unknown))}")
     return frame, meta
+
+
+def exit_code(results: pd.DataFrame) -> int:
+    """1 when any case of a run is ``incorrect`` or ``error`` (``FAILED``), else 0."""
+    return EXIT_FAILED if results["status"].isin(FAILED).any() else EXIT_OK
 
 
 def load_samples(run_dir: str | Path) -> pd.DataFrame:

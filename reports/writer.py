@@ -11,8 +11,9 @@ import csv
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from reports.record import Case, CaseResult
 from reports.schema import (
     KEY_COLUMNS,
     OPS_COLUMNS,
@@ -23,10 +24,6 @@ from reports.schema import (
     result_columns,
     write_json,
 )
-
-if TYPE_CHECKING:
-    from suites.cases import Case
-    from suites.runner import CaseResult
 
 
 def new_run_dir(out: Path, name: str) -> Path:

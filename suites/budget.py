@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from impls.registry import Impl, Layer, Params
+from reports.style import format_seconds
 from suites.config import BenchConfig
 from suites.correctness import bind, make_trial
-from suites.timing import SLOW_CALL_S, format_seconds, synchronize
+from suites.devices import device
+from suites.timing import SLOW_CALL_S
 
 CALIBRATION_S = 0.5  # time spent measuring one calibration, at most (beyond two calls)
 
@@ -39,7 +41,7 @@ def case_seconds(per_call_s: float, config: BenchConfig) -> float:
     return config.trials * per_call_s + warmup + max(timing.min_time_s, floor * per_call_s)
 
 
-def predict(impl: Impl, layer: Layer, params: Params, dtype: torch.dtype, device: str,
+def predict(impl: Impl, layer: Layer, params: Params, dtype: torch.dtype, device_name: str,
             mode: str, config: BenchConfig) -> Prediction:
     """Time ``impl`` at the calibration size and scale by FLOPs.
 
@@ -47,13 +49,14 @@ def predict(impl: Impl, layer: Layer, params: Params, dtype: torch.dtype, device
     machine a single call can stall for milliseconds, which would skip a loop that is cheap.
     """
     small = layer.calibration_params(params)
-    step = bind(impl.fn, make_trial(layer, small, config.seed, dtype, device, mode))
+    step = bind(impl.fn, make_trial(layer, small, config.seed, dtype, device_name, mode))
+    where = device(device_name)
     best, spent, calls = float("inf"), 0.0, 0
     while calls < 2 or (calls < 5 and spent < CALIBRATION_S):
-        synchronize(device)
+        where.synchronize()
         start = time.perf_counter()
         step()
-        synchronize(device)
+        where.synchronize()
         elapsed = time.perf_counter() - start
         best, spent, calls = min(best, elapsed), spent + elapsed, calls + 1
     per_call_s = best * layer.flops(params, mode) / max(layer.flops(small, mode), 1)

@@ -3,47 +3,21 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-
-import torch
 
 from impls.registry import REGISTRY, Params
+from reports.record import Case
+from reports.schema import BASELINE_IMPL
 from suites.config import BenchConfig
+from suites.devices import device
 from suites.presets import preset_sizes
 
-BASELINE_IMPL = "builtin"
 
-
-@dataclass(frozen=True)
-class Case:
-    layer: str
-    impl: str
-    compile: str
-    params: tuple[tuple[str, int], ...]
-    device: str
-    dtype: str
-    mode: str
-
-    @property
-    def size(self) -> dict[str, int]:
-        return dict(self.params)
-
-    @property
-    def label(self) -> str:
-        return REGISTRY.layer(self.layer).label(self.size)
-
-    @property
-    def key(self) -> tuple[str, ...]:
-        """The case's identity in the run files: (layer, impl, compile, device, dtype, mode,
-        case label)."""
-        return (self.layer, self.impl, self.compile, self.device, self.dtype, self.mode,
-                self.label)
-
-    @property
-    def baseline(self) -> Case:
-        """The eager builtin case that ``speedup_vs_builtin`` divides by."""
-        return Case(self.layer, BASELINE_IMPL, "none", self.params, self.device, self.dtype,
-                    self.mode)
+def new_case(layer: str, impl: str, compile_mode: str, size: Params, device_name: str,
+             dtype: str, mode: str) -> Case:
+    """The case of ``layer``'s implementation ``impl`` at ``size``, labelled by the layer."""
+    spec = REGISTRY.layer(layer)
+    return Case(layer, impl, compile_mode, tuple((p, size[p]) for p in spec.params),
+                device_name, dtype, mode, spec.label(size))
 
 
 def sizes_for(config: BenchConfig, layer: str) -> list[Params]:
@@ -70,13 +44,12 @@ def plan(config: BenchConfig) -> list[Case]:
         if not modes and len(config.layers) == 1:
             raise KeyError(f"layer {layer_name} has no mode {', '.join(config.modes)} "
                            f"(choose from {', '.join(layer.modes)})")
-        for device, dtype, mode, size in itertools.product(
+        for device_name, dtype, mode, size in itertools.product(
                 config.devices, config.dtypes, modes, sizes):
-            params = tuple((p, size[p]) for p in layer.params)
-            device_type = torch.device(device).type
-            group = [Case(layer_name, name, compile_mode, params, device, dtype, mode)
+            kind = device(device_name).kind
+            group = [new_case(layer_name, name, compile_mode, size, device_name, dtype, mode)
                      for compile_mode in config.compile_modes for name in names
-                     if config.impls or device_type in REGISTRY.impl(layer_name, name).devices]
+                     if config.impls or kind in REGISTRY.impl(layer_name, name).devices]
             if has_baseline:
                 baseline = group[0].baseline
                 group = [baseline] + [c for c in group if c != baseline]

@@ -1,4 +1,5 @@
-"""The frozen configuration of one benchmark run, built once from the command line."""
+"""Frozen configurations: what a user asked for (``*Options``, built once from the command
+line) and the resolved plan of one benchmark run (``BenchConfig``, recorded in ``meta.json``)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,81 @@ class BenchConfig:
     timing: TimingConfig = field(default_factory=TimingConfig)
     out: Path = Path("results")
     impl_files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a command that runs cases talks and where it writes."""
+
+    out: Path = Path("results")
+    impl_files: tuple[Path, ...] = ()
+    quiet: bool = False  # no progress bar
+    threads: int = 0  # 0: torch's default
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """``bench`` as typed: names not yet checked, ``all`` not yet expanded (``suites.session``
+    resolves them into a ``BenchConfig``)."""
+
+    layer: str | None
+    run: RunOptions = field(default_factory=RunOptions)
+    devices: tuple[str, ...] = ("cpu",)
+    dtypes: tuple[str, ...] = ("float32",)
+    modes: tuple[str, ...] = ("fwd",)
+    impls: tuple[str, ...] = ()
+    compile_modes: tuple[str, ...] = ("none",)
+    preset: str = "default"
+    size: str | None = None  # k=v,... on top of the notes' size
+    budget_s: float = 10.0
+    min_time_s: float = 0.5
+    trials: int = 3
+    seed: int = 0
+    profile: bool = False
+    report: bool = True
+    timeout_s: float = 300.0
+    isolate: bool | None = None  # None: on with impl files or torch.compile
+    resume: Path | None = None
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """``check`` as typed: compare the current code with a baseline, or record one."""
+
+    baseline: Path
+    run: RunOptions = field(default_factory=RunOptions)
+    save_baseline: bool = False
+    layers: tuple[str, ...] = ()
+    preset: str = "quick"
+    basis: str = "auto"
+    threshold: float = 0.10
+    alpha: float = 0.01
+    repeats: int = 3
+    remeasure: int = 2
+    min_time_s: float = 0.25
+    budget_s: float = 2.0
+    trials: int = 1
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """``profile`` as typed: one case under the profiler."""
+
+    layer: str
+    impl: str
+    run: RunOptions = field(default_factory=RunOptions)
+    size: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    mode: str = "fwd"
+    compile_mode: str = "none"
+    wait: int | None = None  # None: 1, naive loops 0
+    warmup: int = 1
+    active: int | None = None  # None: 3, naive loops 1
+    stacks: bool = False
+    budget_s: float = 60.0
+    seed: int = 0
+    top: int = 15
 
 
 def config_from_dict(data: dict[str, Any]) -> BenchConfig:

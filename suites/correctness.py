@@ -22,7 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from impls.registry import CaseInputs, Layer, Params
+from impls.registry import CaseInputs, Layer, Params, dtype_name
+from reports.schema import precision
+from suites import devices
 
 #: dtype -> (rtol, atol). An element passes iff ``|out - ref| <= atol * rms(ref) + rtol * |ref|``.
 #: ``atol`` is relative to the reference's RMS so one table fits outputs and gradients of any
@@ -38,11 +40,7 @@ TOLERANCES: dict[str, tuple[float, float]] = {
 
 def tolerance_key(dtype: torch.dtype, device: str) -> str:
     """The TOLERANCES row for a dtype on a device (float32 on CUDA with TF32 on is ``tf32``)."""
-    name = str(dtype).removeprefix("torch.")
-    if name == "float32" and device.startswith("cuda") and (
-            torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32):
-        return "tf32"
-    return name
+    return precision(dtype_name(dtype), device, devices.tf32_flags())
 
 
 @dataclass(frozen=True)
@@ -98,7 +96,7 @@ def compare(what: str, out: Any, ref: Tensor, device: str, dtype: torch.dtype,
     if out.dtype != dtype:
         return Comparison(what, float("nan"), float("nan"),
                           f"{what}: dtype {out.dtype}, expected {dtype}")
-    if out.device.type != torch.device(device).type:
+    if out.device.type != devices.device(device).kind:
         return Comparison(what, float("nan"), float("nan"),
                           f"{what}: on {out.device}, expected {device}")
     got = out.detach().to("cpu", torch.float64)
@@ -285,7 +283,7 @@ def check_trial(fn: Callable[..., Any], trial: Trial, device: str,
     """Everything one call of ``fn`` produces, compared with the trial's reference."""
     rtol, atol = TOLERANCES[tolerance_key(dtype, device)]
     before = trial.inputs.clone()
-    _poison_allocator(trial.ref_out.numel(), device, dtype)
+    devices.device(device).poison_allocator(trial.ref_out.numel(), dtype)
     out, grads = bind(fn, trial)()
     # An implementation may return fewer outputs than the reference (e.g. no attention weights,
     # which the registry notes say); every output it does return is checked.
@@ -332,15 +330,3 @@ def check(fn: Callable[..., Any], layer: Layer, params: Params, seeds: list[int]
 def _same(a: Tensor, b: Tensor) -> bool:
     return bool(torch.equal(a, b) or (a.is_floating_point() and torch.allclose(
         a, b, rtol=0, atol=0, equal_nan=True)))
-
-
-def _poison_allocator(numel: int, device: str, dtype: torch.dtype) -> None:
-    """On CUDA, leave NaN-filled blocks in the caching allocator.
-
-    An implementation that allocates its output with ``torch.empty`` and forgets to write some
-    elements then returns NaNs there, which the comparison catches. (CPU memory comes from
-    malloc, which hands out fresh zeroed pages for large blocks, so this only helps on CUDA.)
-    """
-    if not device.startswith("cuda"):
-        return
-    torch.full((numel,), float("nan"), dtype=dtype, device=device)

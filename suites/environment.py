@@ -1,4 +1,4 @@
-"""The machine and software a run happens on: device checks and the metadata of ``meta.json``."""
+"""The machine and software a run happens on: the metadata of ``meta.json``."""
 
 from __future__ import annotations
 
@@ -12,53 +12,8 @@ from typing import Any
 import torch
 
 from suites.compilation import PROJECT_ROOT, inductor_cache_dir
+from suites.devices import cpu_model, device, tf32_flags
 from suites.timing import steady_malloc
-
-
-def device_problem(device: str) -> str:
-    """Why ``device`` cannot be used here, or ``""`` if it can."""
-    if device == "cpu":
-        return ""
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            cuda = torch.version.cuda
-            build = "a CPU-only build" if cuda is None else f"built for CUDA {cuda}"
-            return (f"--device {device}: no CUDA GPU is available "
-                    f"(torch {torch.__version__}, {build})")
-        index_text = device.partition(":")[2] or "0"
-        if not index_text.isdigit():
-            return f"--device {device}: bad device index {index_text!r}"
-        if int(index_text) >= torch.cuda.device_count():
-            return f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present"
-        return ""
-    if device == "mps":
-        if not torch.backends.mps.is_available():
-            return "--device mps: the MPS backend is not available on this machine"
-        return ""
-    return f"unknown device {device!r} (choose from cpu, cuda, mps, all)"
-
-
-def available_devices() -> list[str]:
-    return [d for d in ("cpu", "cuda", "mps") if not device_problem(d)]
-
-
-def dtype_problem(dtype: torch.dtype, device: str) -> str:
-    """Why ``dtype`` cannot run on ``device``, or ``""`` (e.g. bfloat16 on pre-Ampere GPUs)."""
-    if device.startswith("cuda") and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        return f"bfloat16 is not supported by {torch.cuda.get_device_name()}"
-    if device == "mps" and dtype == torch.float64:
-        return "float64 is not supported on MPS"
-    return ""
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _git(*args: str, cwd: Path = PROJECT_ROOT, timeout: float = 30) -> str:
@@ -78,14 +33,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out + ("-dirty" if dirty else "")
-
-
-def tf32_flags() -> dict[str, Any]:
-    return {
-        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-    }
 
 
 def machine_info(devices: list[str]) -> dict[str, Any]:
@@ -108,7 +55,7 @@ def machine_info(devices: list[str]) -> dict[str, Any]:
         "malloc": steady_malloc(),
         "gpus": [],
     }
-    if any(d.startswith("cuda") for d in devices):
+    if any(device(d).kind == "cuda" for d in devices):
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
             info["gpus"].append({

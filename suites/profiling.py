@@ -25,13 +25,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile, schedule
+from torch.profiler import profile, schedule
 
-if TYPE_CHECKING:
-    from suites.cases import Case
+from reports.record import Case
+from suites.devices import device
 
 STEP_PREFIX = "ProfilerStep"
 
@@ -92,8 +92,7 @@ def profile_case(step: Callable[[], Any], case: Case, profiled_label: str, trace
     ``profiled_label`` names the size actually profiled (the ``profiled_case`` column);
     ``chrome_trace``, when given, receives a copy of the trace under that name.
     """
-    cuda = case.device.startswith("cuda")
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    where = device(case.device)
     trace_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
@@ -103,7 +102,7 @@ def profile_case(step: Callable[[], Any], case: Case, profiled_label: str, trace
         prof.export_chrome_trace(str(path))
         written.append(path)
 
-    with profile(activities=activities,
+    with profile(activities=where.profiler_activities(),
                  schedule=schedule(wait=settings.wait, warmup=settings.warmup,
                                    active=settings.active, repeat=1),
                  on_trace_ready=save, record_shapes=True, profile_memory=True,
@@ -126,7 +125,7 @@ def profile_case(step: Callable[[], Any], case: Case, profiled_label: str, trace
             "self_cpu_mem_bytes": e.self_cpu_memory_usage / steps} for e in averages]
     top_level = sum(1 for e in prof.events()
                     if e.cpu_parent is not None and e.cpu_parent.name.startswith(STEP_PREFIX))
-    peak, timeline = memory_use(prof, DeviceType.CUDA if cuda else DeviceType.CPU)
+    peak, timeline = memory_use(prof, where.memory_event_type())
     return CaseProfile(ops=ops, op_calls=top_level / steps, peak_mem_bytes=peak,
                        memory=timeline)
 

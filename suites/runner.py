@@ -8,25 +8,23 @@ and one that kills its worker process (``--isolate``) an ``error`` row.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from impls.registry import DTYPE_NAMES, REGISTRY, Unsupported
+from reports.record import Case, CaseResult
+from reports.schema import TIMED
 from suites.budget import predict
-from suites.calibration import peak_key, roofline_frac
-from suites.cases import Case
 from suites.compilation import compiled
 from suites.config import BenchConfig
-from suites.correctness import TOLERANCES, bind, check, make_trial, tolerance_key
-from suites.environment import dtype_problem, tf32_flags
+from suites.correctness import TOLERANCES, Call, bind, check, make_trial, tolerance_key
+from suites.devices import device, tf32_flags
 from suites.isolation import Lost, executor
 from suites.profiling import (
     NAIVE_SETTINGS,
@@ -36,69 +34,9 @@ from suites.profiling import (
     profile_case,
     trace_name,
 )
-from suites.timing import Samples, cuda_peak_memory, measure, synchronize
+from suites.timing import measure
 
 NAN = float("nan")
-
-
-@dataclass
-class CaseResult:
-    """Everything measured for one case; ``row()`` gives its ``results.csv`` columns."""
-
-    case: Case
-    status: str = "ok"
-    reason: str = ""
-    samples: Samples | None = None
-    compile_s: float = NAN
-    flops: int = 0
-    bytes: int = 0
-    speedup_vs_builtin: float = NAN
-    max_abs_err: float = NAN
-    rel_err: float = NAN
-    grad_max_abs_err: float = NAN
-    grad_rel_err: float = NAN
-    rtol: float = NAN
-    atol: float = NAN
-    peak_mem_bytes: float = NAN
-    predicted_s: float = NAN
-    predicted_call_s: float = NAN
-    roofline_frac: float = NAN
-    op_calls: float = NAN
-    threads: int = 0
-    seed: int = 0
-    ops: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def median_s(self) -> float:
-        return self.samples.median_s if self.samples else NAN
-
-    def row(self) -> dict[str, Any]:
-        c, s = self.case, self.samples
-        median_s = self.median_s
-        return {
-            "layer": c.layer, "impl": c.impl, "compile": c.compile, "device": c.device,
-            "dtype": c.dtype, "mode": c.mode, "case": c.label,
-            **{f"p_{k}": v for k, v in c.params},
-            "status": self.status, "reason": self.reason,
-            "median_ms": median_s * 1e3,
-            "iqr_ms": s.iqr_s * 1e3 if s else NAN,
-            "min_ms": s.min_s * 1e3 if s else NAN,
-            "mean_ms": s.mean_s * 1e3 if s else NAN,
-            "n_samples": len(s.seconds) if s else 0,
-            "calls_per_sample": s.calls_per_sample if s else 0,
-            "compile_s": self.compile_s,
-            "flops": self.flops, "bytes": self.bytes,
-            "gflops": self.flops / median_s / 1e9 if s else NAN,
-            "gbps": self.bytes / median_s / 1e9 if s else NAN,
-            "roofline_frac": self.roofline_frac,
-            "speedup_vs_builtin": self.speedup_vs_builtin,
-            "max_abs_err": self.max_abs_err, "rel_err": self.rel_err,
-            "grad_max_abs_err": self.grad_max_abs_err, "grad_rel_err": self.grad_rel_err,
-            "rtol": self.rtol, "atol": self.atol,
-            "peak_mem_bytes": self.peak_mem_bytes, "predicted_s": self.predicted_s,
-            "predicted_call_s": self.predicted_call_s, "op_calls": self.op_calls,
-            "threads": self.threads, "seed": self.seed,
-        }
 
 
 class Sink(Protocol):
@@ -135,14 +73,9 @@ def run(config: BenchConfig, cases: list[Case], sinks: Sequence[Sink],
             if isinstance(result, Lost):
                 lost, result = result, new_result(case, config)
                 result.status, result.reason = lost.status, lost.reason
-            if case == case.baseline and result.status in ("ok", "incorrect"):
+            if case == case.baseline and result.status in TIMED:
                 known[case] = result.median_s
-            if case.baseline in known and result.samples:
-                result.speedup_vs_builtin = known[case.baseline] / result.median_s
-            if result.samples and case.device in ceilings:
-                result.roofline_frac = roofline_frac(
-                    result.flops / result.median_s / 1e9, result.flops, result.bytes,
-                    ceilings[case.device], peak_key(case.dtype, case.device, tf32_flags()))
+            result.relate(known.get(case.baseline), ceilings.get(case.device), tf32_flags())
             for sink in sinks:
                 sink.finished(result)
             results.append(result)
@@ -156,7 +89,7 @@ def run(config: BenchConfig, cases: list[Case], sinks: Sequence[Sink],
 def execute_case(case: Case, config: BenchConfig, profile_root: Path | None) -> CaseResult:
     """One case, all of it: check, time and (with ``config.profile``) profile."""
     result = run_case(case, config)
-    if config.profile and profile_root is not None and result.status in ("ok", "incorrect"):
+    if config.profile and profile_root is not None and result.status in TIMED:
         name = trace_name(case)
         try:
             found = profile_one(case, config.seed, profile_root / name,
@@ -166,7 +99,7 @@ def execute_case(case: Case, config: BenchConfig, profile_root: Path | None) -> 
                            "note": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}]
         else:
             result.ops, result.op_calls = found.ops, found.op_calls
-            if not case.device.startswith("cuda"):  # CUDA: max_memory_allocated, timing pass
+            if math.isnan(result.peak_mem_bytes):  # measured in the timing pass where it can be
                 result.peak_mem_bytes = found.peak_mem_bytes
     return result
 
@@ -184,13 +117,14 @@ def run_case(case: Case, config: BenchConfig) -> CaseResult:
     """Check and time one case; failures become the result's status and reason."""
     impl, dtype = REGISTRY.impl(case.layer, case.impl), DTYPE_NAMES[case.dtype]
     result = new_result(case, config)
+    where = device(case.device)
     unsupported = (impl.unsupported(case.device, dtype, case.mode, case.compile)
-                   or dtype_problem(dtype, case.device))
+                   or where.dtype_problem(dtype))
     if unsupported:
         result.status, result.reason = "skipped", unsupported
         return result
     try:
-        with torch.set_grad_enabled(case.mode != "fwd"), _on_device(case.device):
+        with torch.set_grad_enabled(case.mode != "fwd"), where.selected():
             _measure_case(case, config, result)
     except Unsupported as exc:
         result.status, result.reason, result.samples = "skipped", str(exc), None
@@ -198,7 +132,7 @@ def run_case(case: Case, config: BenchConfig) -> CaseResult:
         result.status, result.reason = _failure(exc)
         result.samples = None
     finally:
-        _release_memory(case.device)
+        where.release_memory()
     return result
 
 
@@ -213,13 +147,14 @@ def _measure_case(case: Case, config: BenchConfig, result: CaseResult) -> None:
             return
     fn = compiled(impl.fn, case.compile)
     seeds = [config.seed + i for i in range(config.trials)]
+    where = device(case.device)
     first_call_s = NAN
     if case.compile != "none":  # the first call compiles; time it alone
         first = bind(fn, make_trial(layer, params, seeds[0], dtype, case.device, case.mode))
-        synchronize(case.device)
+        where.synchronize()
         start = time.perf_counter()
         first()
-        synchronize(case.device)
+        where.synchronize()
         first_call_s = time.perf_counter() - start
     verdict, trial = check(fn, layer, params, seeds, dtype, case.device, case.mode)
     result.max_abs_err, result.rel_err = verdict.max_abs_err, verdict.rel_err
@@ -227,11 +162,12 @@ def _measure_case(case: Case, config: BenchConfig, result: CaseResult) -> None:
     if not verdict.ok:
         result.status, result.reason = "incorrect", "; ".join(verdict.problems)
     step = bind(fn, trial)
-    result.samples = measure(step, case.device, config.timing, torch.get_num_threads())
+    result.samples = measure(step, where, config.timing, torch.get_num_threads())
     if not math.isnan(first_call_s):
         result.compile_s = max(first_call_s - result.median_s, 0.0)
-    if case.device.startswith("cuda"):
-        result.peak_mem_bytes = cuda_peak_memory(step)
+    peak = where.peak_memory_bytes(step)
+    if peak is not None:
+        result.peak_mem_bytes = peak
 
 
 def profile_one(case: Case, seed: int, trace_dir: Path,
@@ -241,22 +177,24 @@ def profile_one(case: Case, seed: int, trace_dir: Path,
 
     Naive loops get ``NAIVE_SETTINGS`` unless ``settings`` says otherwise: one recorded call.
     """
-    layer, impl = REGISTRY.layer(case.layer), REGISTRY.impl(case.layer, case.impl)
-    settings = settings or (NAIVE_SETTINGS if impl.naive else ProfileSettings())
-    trial = make_trial(layer, case.size, seed, DTYPE_NAMES[case.dtype], case.device, case.mode)
+    naive = REGISTRY.impl(case.layer, case.impl).naive
+    settings = settings or (NAIVE_SETTINGS if naive else ProfileSettings())
+    where = device(case.device)
     try:
-        with torch.set_grad_enabled(case.mode != "fwd"), _on_device(case.device):
-            step = bind(compiled(impl.fn, case.compile), trial)
-            return profile_case(step, case, case.label, trace_dir, settings, chrome_trace)
+        with torch.set_grad_enabled(case.mode != "fwd"), where.selected():
+            return profile_case(prepared(case, seed), case, case.label, trace_dir, settings,
+                                chrome_trace)
     finally:
-        _release_memory(case.device)
+        where.release_memory()
 
 
-def _on_device(device: str) -> contextlib.AbstractContextManager[Any]:
-    """Make ``cuda:N`` the current device, so synchronisation and memory stats refer to it."""
-    if device.startswith("cuda"):
-        return torch.cuda.device(torch.device(device))
-    return contextlib.nullcontext()
+def prepared(case: Case, seed: int) -> Call:
+    """One call of ``case`` on seeded inputs (``case.compile`` applied), everything set up:
+    what the timing and the profiler call. Call it with grad mode as ``case.mode`` needs
+    (``torch.set_grad_enabled(case.mode != "fwd")``)."""
+    layer, impl = REGISTRY.layer(case.layer), REGISTRY.impl(case.layer, case.impl)
+    trial = make_trial(layer, case.size, seed, DTYPE_NAMES[case.dtype], case.device, case.mode)
+    return bind(compiled(impl.fn, case.compile), trial)
 
 
 def _failure(exc: BaseException) -> tuple[str, str]:
@@ -264,9 +202,3 @@ def _failure(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in message:
         return "oom", f"{type(exc).__name__}: {message}"
     return "error", f"{type(exc).__name__}: {message}"
-
-
-def _release_memory(device: str) -> None:
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()

@@ -1,10 +1,10 @@
 """Timing: warm up, then collect raw samples of one zero-argument callable.
 
-CPU: blocks of calls timed by ``timeit`` with the thread count set, as
+CPU (and MPS): blocks of calls timed by ``timeit`` with the thread count set, as
 ``torch.utils.benchmark.Timer`` does (one sample = the mean call time of one block lasting about
-``block_s``). CUDA: one call per sample between two CUDA events, with a
-buffer larger than the L2 cache overwritten before every sample, outside the timed region, so
-each call starts from a cold cache as it would inside a network.
+``block_s``). CUDA: one call per sample between two CUDA events, with a buffer larger than the
+L2 cache overwritten before every sample, outside the timed region, so each call starts from a
+cold cache as it would inside a network. ``suites.devices`` says which a device uses.
 
 On Linux with glibc, :func:`steady_malloc` first fixes malloc's thresholds, so every case meets
 the same allocator whatever ran before it in the process.
@@ -18,52 +18,16 @@ import sys
 import time
 import timeit
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.benchmark.utils.common import set_torch_threads
 
+from reports.record import Samples
 from suites.config import TimingConfig
+from suites.devices import Device
 
 SLOW_CALL_S = 1.0  # above this a call is "slow": fewer samples suffice (naive loops)
-
-
-def format_seconds(seconds: float) -> str:
-    """``0.000012`` -> ``12 us``, ``5.93`` -> ``5.93 s``, ``1800`` -> ``30 min``; nan -> ``-``."""
-    if seconds != seconds:
-        return "-"
-    for unit, scale, below in (("us", 1e-6, 1e-3), ("ms", 1e-3, 1.0), ("s", 1.0, 120.0),
-                               ("min", 60.0, 7200.0)):
-        if seconds < below:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds / 3600:.3g} h"
-
-
-@dataclass(frozen=True)
-class Samples:
-    """Raw per-call times in seconds, one per sample, and how each was taken."""
-
-    seconds: tuple[float, ...]
-    calls_per_sample: int
-
-    @property
-    def median_s(self) -> float:
-        return float(np.median(self.seconds))
-
-    @property
-    def iqr_s(self) -> float:
-        q1, q3 = np.percentile(self.seconds, [25, 75])
-        return float(q3 - q1)
-
-    @property
-    def min_s(self) -> float:
-        return float(min(self.seconds))
-
-    @property
-    def mean_s(self) -> float:
-        return float(np.mean(self.seconds))
 
 
 #: glibc's ``mallopt`` parameters, and the values :func:`steady_malloc` gives them.
@@ -102,21 +66,13 @@ def steady_malloc() -> dict[str, int] | None:
     return _malloc_state or None
 
 
-def synchronize(device: str) -> None:
-    """Wait for the device's queued work (a no-op on the CPU)."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elif device == "mps":
-        torch.mps.synchronize()
-
-
-def warm_up(step: Callable[[], Any], device: str, seconds: float) -> float:
+def warm_up(step: Callable[[], Any], device: Device, seconds: float) -> float:
     """Call ``step`` (at least twice) until ``seconds`` have passed; return the time per call."""
-    synchronize(device)
+    device.synchronize()
     start, calls = time.perf_counter(), 0
     while calls < 2 or time.perf_counter() - start < seconds:
         step()
-        synchronize(device)
+        device.synchronize()
         calls += 1
         if calls >= 2 and time.perf_counter() - start > SLOW_CALL_S:
             break  # a slow call is warm after two; do not spend the budget here
@@ -129,19 +85,14 @@ def sample_count(per_call_s: float, calls_per_sample: int, config: TimingConfig)
     return max(floor, min(wanted, config.max_samples))
 
 
-def measure(step: Callable[[], Any], device: str, config: TimingConfig,
+def measure(step: Callable[[], Any], device: Device, config: TimingConfig,
             threads: int) -> Samples:
     """Warm up ``step`` and time it; ``threads`` is the CPU thread count used while timing."""
     steady_malloc()
     per_call_s = warm_up(step, device, config.warmup_s)
-    if device.startswith("cuda"):
-        return _measure_cuda(step, per_call_s, config)
-    if device == "mps":
-        def timed() -> None:
-            step()
-            torch.mps.synchronize()
-    else:
-        timed = step
+    if device.event_timing:
+        return _measure_events(step, device, per_call_s, config)
+    timed = device.blocking(step)
     calls = max(1, round(config.block_s / per_call_s))
     # timeit's loop, as torch.utils.benchmark.Timer runs it, but not Timer.timeit: that calls
     # the statement max(calls // 100, 2) more times before every sample, which tripled the
@@ -153,11 +104,9 @@ def measure(step: Callable[[], Any], device: str, config: TimingConfig,
     return Samples(tuple(seconds), calls)
 
 
-def _measure_cuda(step: Callable[[], Any], per_call_s: float, config: TimingConfig) -> Samples:
-    flush = None
-    if config.flush_l2:
-        l2_bytes = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
-        flush = torch.empty(max(2 * l2_bytes, 64 << 20) // 4, dtype=torch.int32, device="cuda")
+def _measure_events(step: Callable[[], Any], device: Device, per_call_s: float,
+                    config: TimingConfig) -> Samples:
+    flush = device.flush_buffer() if config.flush_l2 else None
     count = sample_count(per_call_s, 1, config)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
@@ -169,13 +118,3 @@ def _measure_cuda(step: Callable[[], Any], per_call_s: float, config: TimingConf
         end.record()
     torch.cuda.synchronize()
     return Samples(tuple(s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True)), 1)
-
-
-def cuda_peak_memory(step: Callable[[], Any]) -> int:
-    """Peak bytes allocated on the current CUDA device during one call of ``step``."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    baseline = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    return int(torch.cuda.max_memory_allocated() - baseline)

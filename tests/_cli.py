@@ -1,4 +1,5 @@
-"""Run the command line as a user does: ``python cli.py ...`` in the project root."""
+"""Run the command line: in this process (``invoke``: fast, for error paths and small runs) or
+as a user does, ``python cli.py ...`` in the project root (``run_cli``: end to end)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,62 @@ TEST_CEILINGS = {"device": "cpu", "device_name": "test", "torch": "", "threads":
                  "matmul_gflops": {"float32": 400.0, "float64": 200.0, "bfloat16": 2000.0,
                                    "float16": 50.0},
                  "copy_gbps": 25.0, "measured_at": "test", "measure_s": 0.0}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command run in this process printed, and its exit code."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def invoke(*args: object, env: dict[str, str] | None = None) -> Outcome:
+    """``python cli.py ARGS`` in this process: the same ``main`` (exit codes, one-line errors),
+    with registrations (``--impl-file``) and the thread count (``--threads``) restored
+    afterwards; ``env``: variables set meanwhile."""
+    import torch
+    from click.testing import CliRunner
+
+    import cli
+    from impls import REGISTRY
+
+    code, threads = 0, torch.get_num_threads()
+    with (CliRunner().isolation(env={"COLUMNS": "160", **(env or {})}) as (out, err, _),
+          REGISTRY.scoped()):
+        try:
+            cli.main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        finally:
+            torch.set_num_threads(threads)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return Outcome(code, out.getvalue().decode(), err.getvalue().decode())
+
+
+@dataclass(frozen=True)
+class Done:
+    """A command run in this process (``proc``), and its own ``--out`` folder."""
+
+    proc: Outcome
+    out: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return only_run_dir(self.out)
+
+
+def invoke_all(root: Path, commands: dict[str, tuple[object, ...]]) -> dict[str, Done]:
+    """Each of ``commands`` in this process, in order; ``"{out}"`` in its arguments becomes a
+    new empty folder of its own under ``root``."""
+    done = {}
+    for name, args in commands.items():
+        out = root / name
+        out.mkdir(parents=True)
+        done[name] = Done(invoke(*(out if a == "{out}" else a for a in args)), out)
+    return done
 
 
 def cli_env() -> dict[str, str]:
@@ -48,7 +105,7 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), list(reader)
 
 
-def describe(proc: subprocess.CompletedProcess[str]) -> str:
+def describe(proc: subprocess.CompletedProcess[str] | Outcome) -> str:
     """What to show when an assertion on a command fails."""
     return (f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}"
             f"\n--- stderr ---\n{proc.stderr[-3000:]}")
@@ -86,7 +143,7 @@ class Jobs:
         return self.jobs[name]
 
 
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+def one_line_error(proc: subprocess.CompletedProcess[str] | Outcome) -> str:
     """The single ``error: ...`` line of a command that exited 2, checked to be alone."""
     assert proc.returncode == 2, describe(proc)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
 
-from impls import REGISTRY, Impl
+from impls import REGISTRY, register_impl
+from reports.record import Case, CaseResult
 from suites import budget
 from suites.budget import case_seconds, predict
-from suites.cases import Case
+from suites.cases import new_case
 from suites.config import BenchConfig, TimingConfig
-from suites.runner import CaseResult, run, run_case
+from suites.runner import run, run_case
 
 LAYER = REGISTRY.layer("conv")
 MNIST = {"N": 64, "C_in": 1, "C_out": 8, "H": 28, "W": 28, "k": 3, "stride": 1, "padding": 0}
@@ -22,13 +22,11 @@ FAST_TIMING = TimingConfig(min_time_s=0.01, warmup_s=0.005, block_s=0.002, min_s
 
 def _case(impl: str, params: dict[str, int], compile_mode: str = "none", dtype: str = "float32",
           mode: str = "fwd") -> Case:
-    return Case("conv", impl, compile_mode, tuple((p, params[p]) for p in LAYER.params), "cpu",
-                dtype, mode)
+    return new_case("conv", impl, compile_mode, params, "cpu", dtype, mode)
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
-def test_loops_at_mnist_size_is_skipped_by_a_small_budget(monkeypatch: pytest.MonkeyPatch,
-                                                          mode: str) -> None:
+def test_loops_at_mnist_size_is_skipped_by_a_small_budget(mode: str) -> None:
     loops = REGISTRY.impl("conv", "loops")
     batch_sizes: list[int] = []
 
@@ -36,10 +34,10 @@ def test_loops_at_mnist_size_is_skipped_by_a_small_budget(monkeypatch: pytest.Mo
         batch_sizes.append(x.shape[0])
         return loops.fn(x, weight, bias, stride, padding)
 
-    monkeypatch.setitem(REGISTRY._impls["conv"], "loops",
-                        dataclasses.replace(loops, fn=counting_loops))
     config = BenchConfig(layers=("conv",), budget_s=0.5)
-    result = run_case(_case("loops", MNIST, mode=mode), config)
+    with REGISTRY.scoped():
+        register_impl("conv", "loops", naive=True, replace=True)(counting_loops)
+        result = run_case(_case("loops", MNIST, mode=mode), config)
     assert result.status == "skipped", result.reason
     assert "predicted" in result.reason
     assert "budget" in result.reason
@@ -95,18 +93,17 @@ def test_loops_under_compile_is_skipped_with_a_reason() -> None:
     assert result.samples is None
 
 
-def test_unsupported_dtype_is_skipped_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    builtin = REGISTRY.impl("conv", "builtin")
-    only_f64 = Impl(layer="conv", name="test_f64_only", fn=builtin.fn, devices=frozenset({"cpu"}),
-                    dtypes=frozenset({torch.float64}), modes=frozenset({"fwd"}), naive=False,
-                    compilable=True, source=__file__)
-    monkeypatch.setitem(REGISTRY._impls["conv"], only_f64.name, only_f64)
+def test_unsupported_dtype_is_skipped_with_a_reason() -> None:
     config = BenchConfig(layers=("conv",))
-    for case, words in [(_case(only_f64.name, MNIST, dtype="float32"), "float32"),
-                        (_case(only_f64.name, MNIST, dtype="float64", mode="fwdbwd"), "fwdbwd")]:
-        result = run_case(case, config)
-        assert result.status == "skipped"
-        assert words in result.reason
+    with REGISTRY.scoped():
+        register_impl("conv", "f64_only", devices=("cpu",), dtypes=(torch.float64,),
+                      modes=("fwd",))(REGISTRY.impl("conv", "builtin").fn)
+        for case, words in [(_case("f64_only", MNIST, dtype="float32"), "float32"),
+                            (_case("f64_only", MNIST, dtype="float64", mode="fwdbwd"),
+                             "fwdbwd")]:
+            result = run_case(case, config)
+            assert result.status == "skipped"
+            assert words in result.reason
 
 
 def test_prediction_scales_with_flops() -> None:

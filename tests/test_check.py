@@ -23,7 +23,7 @@ from reports.check import (
 )
 from reports.compare import compare_runs
 from reports.schema import RunDataError, load_run
-from tests._cli import Jobs, describe, one_line_error, run_cli
+from tests._cli import Jobs, describe, invoke, one_line_error, run_cli
 from tests._runs import FakeCase, fake_run, noisy
 
 # --- noise and verdicts on fabricated runs ---------------------------------------------------
@@ -181,14 +181,9 @@ def checks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
         # (and a relative --out, as in .ci/run: the stored code runs in a directory below it)
         jobs.add("drifted", "check", "--baseline", drifted, "--threshold", "0.5", "--quiet",
                  "--out", "{relout}")
-        jobs.add("missing", "check", "--baseline", root / "nothing", "--out", "{out}")
-        jobs.add("other-layer", "check", "--baseline", baseline, "--layer", "conv",
-                 "--out", "{out}")
         jobs["drifted"].proc  # noqa: B018
         jobs.add("a-a", "check", "--baseline", baseline, "--threshold", "1.0", "--quiet",
                  "--out", "{out}", env={"GITHUB_STEP_SUMMARY": str(summary)})
-        jobs.add("impl-file-alone", "check", "--baseline", baseline, "--impl-file", mine,
-                 "--out", "{out}")
         jobs["a-a"].proc  # noqa: B018 - wait: the next check changes the file
         # mine: 30 times the work, the same result; other: a wrong result
         mine.write_text(POOL_IMPL.format(mine=SLOW, other=WRONG), encoding="utf-8")
@@ -196,6 +191,7 @@ def checks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
                  "--out", "{out}")
         jobs.summary = summary  # type: ignore[attr-defined]
         jobs.mine = mine  # type: ignore[attr-defined]
+        jobs.baseline = baseline  # type: ignore[attr-defined]
         yield jobs
 
 
@@ -239,9 +235,16 @@ def test_a_result_that_became_wrong_always_fails(checks: Jobs) -> None:
 
 @pytest.mark.parametrize(("name", "words"), [("missing", "not a baseline"),
                                              ("other-layer", "not in the baseline"),
-                                             ("impl-file-alone", "--save-baseline")])
-def test_bad_check_input_exits_2(checks: Jobs, name: str, words: str) -> None:
-    assert words in one_line_error(checks[name].proc)
+                                             ("impl-file-alone", "--save-baseline"),
+                                             ("unknown-layer", "nolayer")])
+def test_bad_check_input_exits_2(checks: Jobs, tmp_path: Path, name: str, words: str) -> None:
+    baseline: Path = checks.baseline  # type: ignore[attr-defined]
+    args = {"missing": ("--baseline", baseline.parent / "nothing"),
+            "other-layer": ("--baseline", baseline, "--layer", "conv"),
+            "impl-file-alone": ("--baseline", baseline, "--impl-file", checks.mine),  # type: ignore[attr-defined]
+            "unknown-layer": ("--baseline", baseline, "--layer", "nolayer")}[name]
+    assert words in one_line_error(invoke("check", *args, "--out", tmp_path))
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_drifted_baseline_passes_against_its_own_code(checks: Jobs) -> None:
@@ -264,11 +267,11 @@ def test_noise_pools_more_a_a_runs_into_a_baseline(tmp_path: Path) -> None:
                                           FakeCase("loops", seconds=[ms * 1e-2] * 5)])
             for i, ms in enumerate(medians)]
     (runs[0] / "noise.csv").write_text("stale", encoding="utf-8")
-    proc = run_cli("noise", "--baseline", runs[0], *runs[1:])
+    proc = invoke("noise", "--baseline", runs[0], *runs[1:])
     assert proc.returncode == 0, describe(proc)
     assert "from 4 runs" in proc.stdout
     noise = load_noise(runs[0], "absolute")
     key = ("conv", "loops", "none", "cpu", "float32", "fwd", "N1")
     assert noise[key] == pytest.approx(float(np.std(np.log(medians), ddof=1)))
-    assert "not a run directory" in one_line_error(run_cli("noise", "--baseline", runs[0],
-                                                           tmp_path / "nothing"))
+    assert "not a run directory" in one_line_error(invoke("noise", "--baseline", runs[0],
+                                                          tmp_path / "nothing"))

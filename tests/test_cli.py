@@ -1,7 +1,8 @@
-"""The command line end to end: files against the schema, exit codes against the contract.
+"""The command line: files against the schema, exit codes against the contract.
 
-Every command runs once, as a subprocess, and the commands run concurrently (most of their time
-is importing torch); each test waits only for the command it checks.
+Error paths and small runs go through ``cli.main`` in this process (``invoke``: no second
+import of torch each). The quick bench, whose report the tests read, and two bad inputs run as a
+user runs them, ``python cli.py ...``, in the background while the rest goes on.
 """
 
 from __future__ import annotations
@@ -18,9 +19,18 @@ from impls import REGISTRY
 from reports.schema import OPS_COLUMNS, SAMPLE_COLUMNS, SCHEMA_VERSION, STATUSES, result_columns
 from suites.cases import plan
 from suites.config import BenchConfig
-from suites.environment import device_problem
+from suites.devices import device
 from suites.presets import notes_size
-from tests._cli import TEST_CEILINGS, Jobs, describe, one_line_error, read_csv
+from tests._cli import (
+    TEST_CEILINGS,
+    Done,
+    Jobs,
+    describe,
+    invoke,
+    invoke_all,
+    one_line_error,
+    read_csv,
+)
 from tests._report import assert_links_resolve, assert_self_contained
 
 LAYER = REGISTRY.layer("conv")
@@ -108,45 +118,59 @@ def impl_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def jobs(tmp_path_factory: pytest.TempPathFactory, impl_files: Path) -> Iterator[Jobs]:
-    with ThreadPoolExecutor(max_workers=3) as pool:
+def jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
+    """The end-to-end commands, started first: they run while the in-process tests go on."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
         jobs = Jobs(tmp_path_factory.mktemp("cli"), pool)
-        # longest first, so the short ones fill the gaps
         jobs.add("quick", "bench", "conv", "--preset", "quick", "--out", "{out}", "--impl",
                  "builtin", "--impl", "im2col", "--min-time", "0.05", "--quiet")  # + report
-        jobs.add("compile", "bench", "conv", "--compile", "default", "--impl", "builtin",
-                 "--size", TINY_SIZE, "--out", "{out}", *FAST)
-        jobs.add("impl-file-good", "bench", "conv", "--impl-file", impl_files / "good.py",
-                 "--impl", "mine", "--size", SMALL_SIZE, "--mode", "fwd,fwdbwd", "--out",
-                 "{out}", *FAST)
-        jobs.add("impl-file-wrong", "bench", "conv", "--impl-file", impl_files / "wrong.py",
-                 "--impl", "nobias", "--size", SMALL_SIZE, "--out", "{out}", *FAST)
-        jobs.add("size", "bench", "conv", "--size", "N=2,C_in=3,H=12,W=12", "--impl", "builtin",
-                 "--impl", "einsum", "--out", "{out}", *FAST)
-        jobs.add("profile", "bench", "conv", "--profile", "--impl", "builtin", "--size",
-                 TINY_SIZE, "--mode", "fwd,fwdbwd", "--out", "{out}", *FAST)
-        jobs.add("list", "list")
-        jobs.add("list-impl-file", "list", "--impl-file", impl_files / "good.py")
-        for name, args in _error_commands(impl_files).items():
-            jobs.add(name, *args)
+        jobs.add("unknown-layer", "bench", "nolayer", "--out", "{out}")
+        jobs.add("unknown-option", "bench", "conv", "--bogus", "--out", "{out}")
         yield jobs
+
+
+@pytest.fixture(scope="module")
+def runs(jobs: Jobs, impl_files: Path, tmp_path_factory: pytest.TempPathFactory
+         ) -> dict[str, Done]:
+    """The small runs, in this process (after ``jobs`` started the end-to-end ones)."""
+    return invoke_all(tmp_path_factory.mktemp("runs"), {
+        "compile": ("bench", "conv", "--compile", "default", "--impl", "builtin", "--size",
+                    TINY_SIZE, "--out", "{out}", *FAST),
+        "impl-file-good": ("bench", "conv", "--impl-file", impl_files / "good.py", "--impl",
+                           "mine", "--size", SMALL_SIZE, "--mode", "fwd,fwdbwd", "--out",
+                           "{out}", *FAST),
+        "impl-file-wrong": ("bench", "conv", "--impl-file", impl_files / "wrong.py", "--impl",
+                            "nobias", "--size", SMALL_SIZE, "--out", "{out}", *FAST),
+        "size": ("bench", "conv", "--size", "N=2,C_in=3,H=12,W=12", "--impl", "builtin",
+                 "--impl", "einsum", "--out", "{out}", *FAST),
+        "profile": ("bench", "conv", "--profile", "--impl", "builtin", "--size", TINY_SIZE,
+                    "--mode", "fwd,fwdbwd", "--out", "{out}", *FAST),
+    })
+
+
+@pytest.fixture(scope="module")
+def errors(impl_files: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Done]:
+    return invoke_all(tmp_path_factory.mktemp("errors"), _error_commands(impl_files))
 
 
 # --- list -------------------------------------------------------------------------------------
 
 
-def test_list_names_every_implementation(jobs: Jobs) -> None:
-    proc = jobs["list"].proc
+def test_list_names_every_layer_and_implementation() -> None:
+    proc = invoke("list")
     assert proc.returncode == 0, describe(proc)
-    for name in ("conv", "loops", "im2col", "einsum", "builtin"):
-        assert name in proc.stdout
+    for layer in REGISTRY.layers():
+        assert layer.name in proc.stdout
+        for impl in REGISTRY.impls(layer.name):
+            assert impl.name in proc.stdout
 
 
-def test_list_shows_implementations_from_an_impl_file(jobs: Jobs) -> None:
-    proc = jobs["list-impl-file"].proc
+def test_list_shows_implementations_from_an_impl_file(impl_files: Path) -> None:
+    proc = invoke("list", "conv", "--impl-file", impl_files / "good.py")
     assert proc.returncode == 0, describe(proc)
-    assert "mine" in proc.stdout
+    assert "mine" in proc.stdout and "good.py" in proc.stdout
     assert "builtin" in proc.stdout
+    assert "mine" not in invoke("list", "conv").stdout  # the registration did not leak
 
 
 # --- a quick bench, against the schema --------------------------------------------------------
@@ -269,10 +293,10 @@ def test_bench_ends_with_a_self_contained_report(quick: Path, jobs: Jobs) -> Non
 # --- other benches ----------------------------------------------------------------------------
 
 
-def test_a_custom_size_runs_exactly_that_size(jobs: Jobs) -> None:
-    proc = jobs["size"].proc
+def test_a_custom_size_runs_exactly_that_size(runs: dict[str, Done]) -> None:
+    proc = runs["size"].proc
     assert proc.returncode == 0, describe(proc)
-    _, rows = read_csv(jobs["size"].run_dir / "results.csv")
+    _, rows = read_csv(runs["size"].run_dir / "results.csv")
     expected = {**notes_size("conv"), "N": 2, "C_in": 3, "H": 12, "W": 12}
     assert {r["case"] for r in rows} == {LAYER.label(expected)}
     assert sorted(r["impl"] for r in rows) == ["builtin", "einsum"]
@@ -280,10 +304,10 @@ def test_a_custom_size_runs_exactly_that_size(jobs: Jobs) -> None:
         assert {p: int(row[f"p_{p}"]) for p in LAYER.params} == expected
 
 
-def test_impl_file_with_a_correct_impl(jobs: Jobs) -> None:
-    proc = jobs["impl-file-good"].proc
+def test_impl_file_with_a_correct_impl(runs: dict[str, Done]) -> None:
+    proc = runs["impl-file-good"].proc
     assert proc.returncode == 0, describe(proc)
-    _, rows = read_csv(jobs["impl-file-good"].run_dir / "results.csv")
+    _, rows = read_csv(runs["impl-file-good"].run_dir / "results.csv")
     mine = [r for r in rows if r["impl"] == "mine"]
     assert sorted(r["mode"] for r in mine) == ["fwd", "fwdbwd"]
     for row in mine:
@@ -291,11 +315,11 @@ def test_impl_file_with_a_correct_impl(jobs: Jobs) -> None:
     assert {r["impl"] for r in rows} == {"builtin", "mine"}
 
 
-def test_impl_file_with_a_wrong_impl_fails_the_run(jobs: Jobs) -> None:
-    proc = jobs["impl-file-wrong"].proc
+def test_impl_file_with_a_wrong_impl_fails_the_run(runs: dict[str, Done]) -> None:
+    proc = runs["impl-file-wrong"].proc
     assert proc.returncode == 1, describe(proc)
     assert "Traceback" not in proc.stderr
-    _, rows = read_csv(jobs["impl-file-wrong"].run_dir / "results.csv")
+    _, rows = read_csv(runs["impl-file-wrong"].run_dir / "results.csv")
     by_impl = {r["impl"]: r for r in rows}
     assert by_impl["nobias"]["status"] == "incorrect"
     assert by_impl["nobias"]["reason"]
@@ -303,10 +327,10 @@ def test_impl_file_with_a_wrong_impl_fails_the_run(jobs: Jobs) -> None:
     assert by_impl["builtin"]["status"] == "ok"
 
 
-def test_compiled_case_records_compile_time(jobs: Jobs) -> None:
-    proc = jobs["compile"].proc
+def test_compiled_case_records_compile_time(runs: dict[str, Done]) -> None:
+    proc = runs["compile"].proc
     assert proc.returncode == 0, describe(proc)
-    _, rows = read_csv(jobs["compile"].run_dir / "results.csv")
+    _, rows = read_csv(runs["compile"].run_dir / "results.csv")
     by_compile = {r["compile"]: r for r in rows}
     assert set(by_compile) == {"none", "default"}
     compiled = by_compile["default"]
@@ -317,10 +341,10 @@ def test_compiled_case_records_compile_time(jobs: Jobs) -> None:
     assert by_compile["none"]["compile_s"] == ""  # eager: nothing compiled
 
 
-def test_profile_writes_ops_and_traces(jobs: Jobs) -> None:
-    proc = jobs["profile"].proc
+def test_profile_writes_ops_and_traces(runs: dict[str, Done]) -> None:
+    proc = runs["profile"].proc
     assert proc.returncode == 0, describe(proc)
-    run_dir = jobs["profile"].run_dir
+    run_dir = runs["profile"].run_dir
     header, ops = read_csv(run_dir / "ops.csv")
     assert header == list(OPS_COLUMNS)
     _, rows = read_csv(run_dir / "results.csv")
@@ -341,16 +365,24 @@ ERROR_NAMES = sorted(_error_commands(Path("unused")))
 
 
 @pytest.mark.parametrize("name", ERROR_NAMES)
-def test_bad_input_exits_2_with_one_line(jobs: Jobs, name: str) -> None:
-    one_line_error(jobs[name].proc)
-    assert not list(jobs[name].out.iterdir())  # nothing was run or written
+def test_bad_input_exits_2_with_one_line(errors: dict[str, Done], name: str) -> None:
+    one_line_error(errors[name].proc)
+    assert not list(errors[name].out.iterdir())  # nothing was run or written
+
+
+@pytest.mark.parametrize(("name", "words"), [("unknown-layer", "nolayer"),
+                                             ("unknown-option", "--bogus")])
+def test_bad_input_from_the_entry_point_is_one_line(jobs: Jobs, name: str, words: str) -> None:
+    """``python cli.py`` itself: one line on stderr, exit 2, no traceback, nothing written."""
+    assert words in one_line_error(jobs[name].proc)
+    assert not list(jobs[name].out.iterdir())
 
 
 @pytest.mark.parametrize("name", [*sorted(f"impl-file-{Path(n).stem}" for n in BAD_FILES),
                                   "impl-file-missing"])
-def test_impl_file_errors_name_the_file(jobs: Jobs, name: str) -> None:
+def test_impl_file_errors_name_the_file(errors: dict[str, Done], name: str) -> None:
     """A clear line: which of the user's files is at fault."""
-    proc = jobs[name].proc
+    proc = errors[name].proc
     stem = name.removeprefix("impl-file-")
     assert f"{stem}.py" in proc.stderr, describe(proc)
 
@@ -370,13 +402,14 @@ def test_impl_file_errors_name_the_file(jobs: Jobs, name: str) -> None:
     ("no-layer", "LAYER"),
     ("resume-not-a-run", "--resume"),
 ])
-def test_bad_input_message_names_the_culprit(jobs: Jobs, name: str, words: str) -> None:
-    assert words in jobs[name].proc.stderr, describe(jobs[name].proc)
+def test_bad_input_message_names_the_culprit(errors: dict[str, Done], name: str,
+                                            words: str) -> None:
+    assert words in errors[name].proc.stderr, describe(errors[name].proc)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
-def test_cuda_without_a_gpu_says_so(jobs: Jobs) -> None:
-    proc = jobs["cuda-without-gpu"].proc
+def test_cuda_without_a_gpu_says_so(errors: dict[str, Done]) -> None:
+    proc = errors["cuda-without-gpu"].proc
     assert "cuda" in proc.stderr.lower()
     assert proc.returncode == 2
 
@@ -385,8 +418,8 @@ def test_a_malformed_cuda_index_is_a_reason_not_a_crash(monkeypatch: pytest.Monk
     """On a machine with a GPU, ``--device cuda:x`` must still be bad input (exit 2)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert device_problem("cuda:0") == ""
-    assert "cuda:3" in device_problem("cuda:3")
-    for device in ("cuda:x", "cuda:-1"):
-        problem = device_problem(device)  # a one-line reason, not an exception
-        assert device in problem
+    assert device("cuda:0").problem() == ""
+    assert "cuda:3" in device("cuda:3").problem()
+    for name in ("cuda:x", "cuda:-1"):
+        problem = device(name).problem()  # a one-line reason, not an exception
+        assert name in problem

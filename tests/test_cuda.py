@@ -13,7 +13,8 @@ from impls import REGISTRY
 from reports.schema import STATUSES
 from suites.config import TimingConfig
 from suites.correctness import check
-from suites.timing import cuda_peak_memory, measure
+from suites.devices import device
+from suites.timing import measure
 from tests._cli import describe, only_run_dir, read_csv, run_cli
 
 pytestmark = [
@@ -78,7 +79,7 @@ def test_output_on_the_wrong_device_is_flagged() -> None:
 
 def test_measure_on_cuda_returns_positive_samples() -> None:
     x = torch.randn(256, 256, device="cuda")
-    samples = measure(lambda: x @ x, "cuda", FAST_TIMING, threads=1)
+    samples = measure(lambda: x @ x, device("cuda"), FAST_TIMING, threads=1)
     assert len(samples.seconds) >= FAST_TIMING.min_samples
     assert all(s > 0 for s in samples.seconds)
     assert samples.calls_per_sample == 1
@@ -86,7 +87,8 @@ def test_measure_on_cuda_returns_positive_samples() -> None:
 
 def test_cuda_peak_memory_sees_an_allocation() -> None:
     n = 1 << 20
-    peak = cuda_peak_memory(lambda: torch.empty(n, dtype=torch.float32, device="cuda").fill_(1))
+    peak = device("cuda").peak_memory_bytes(
+        lambda: torch.empty(n, dtype=torch.float32, device="cuda").fill_(1))
     assert peak >= 4 * n
 
 

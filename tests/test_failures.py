@@ -1,7 +1,8 @@
 """Failures are data: faulty implementations, interrupted runs, ``--resume``, ``--seed``.
 
 Fault injection goes through ``--impl-file tests/data/faulty_conv.py``: implementations that
-raise, return NaN, hang, ask for 4 PiB, or kill their own process.
+raise, return NaN, hang, ask for 4 PiB, or kill their own process. Runs go through ``cli.main``
+in this process, except the ones interrupted by a signal, which run as ``python cli.py``.
 """
 
 from __future__ import annotations
@@ -13,16 +14,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from impls import REGISTRY
 from reports.schema import KEY_COLUMNS, load_run, load_samples
 from suites.cases import plan
 from suites.config import BenchConfig
-from tests._cli import ROOT, Jobs, cli_env, describe, only_run_dir, read_csv
+from tests._cli import ROOT, Done, cli_env, describe, invoke_all, only_run_dir, read_csv
 
 FAULTS = ROOT / "tests" / "data" / "faulty_conv.py"
 TINY = "N=1,C_in=1,C_out=2,H=8,W=8"
@@ -33,26 +33,26 @@ LONG = ("bench", "conv", "--impl-file", FAULTS, "--impl", "slow", "--preset", "q
 
 
 @pytest.fixture(scope="module")
-def jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        jobs = Jobs(tmp_path_factory.mktemp("failures"), pool)
-        jobs.add("faults", "bench", "conv", "--impl-file", FAULTS, "--impl",
-                 "raises,nan,sleeps,hog,killself", "--size", TINY, "--timeout", "4",
-                 "--out", "{out}", *FAST)
-        jobs.add("in-process-timeout", "bench", "conv", "--impl-file", FAULTS, "--impl",
-                 "sleeps", "--no-isolate", "--size", TINY, "--timeout", "2", "--out", "{out}",
-                 *FAST)
-        for name, seed in (("seed-a", 7), ("seed-b", 7), ("seed-c", 8)):
-            jobs.add(name, "bench", "conv", "--impl", "im2col", "--size", TINY, "--mode",
-                     "fwd,fwdbwd", "--seed", seed, "--out", "{out}", *FAST)
-        yield jobs
+def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Done]:
+    commands: dict[str, tuple[object, ...]] = {
+        "faults": ("bench", "conv", "--impl-file", FAULTS, "--impl",
+                   "raises,nan,sleeps,hog,killself", "--size", TINY, "--timeout", "4",
+                   "--out", "{out}", *FAST),
+        "in-process-timeout": ("bench", "conv", "--impl-file", FAULTS, "--impl", "sleeps",
+                               "--no-isolate", "--size", TINY, "--timeout", "2", "--out",
+                               "{out}", *FAST),
+    }
+    for name, seed in (("seed-a", 7), ("seed-b", 7), ("seed-c", 8)):
+        commands[name] = ("bench", "conv", "--impl", "im2col", "--size", TINY, "--mode",
+                          "fwd,fwdbwd", "--seed", seed, "--out", "{out}", *FAST)
+    return invoke_all(tmp_path_factory.mktemp("failures"), commands)
 
 
 def _rows(run_dir: Path) -> dict[str, dict[str, str]]:
     return {row["impl"]: row for row in read_csv(run_dir / "results.csv")[1]}
 
 
-def test_every_failure_is_its_own_row_and_the_run_goes_on(jobs: Jobs) -> None:
+def test_every_failure_is_its_own_row_and_the_run_goes_on(jobs: dict[str, Done]) -> None:
     proc = jobs["faults"].proc
     assert proc.returncode == 1, describe(proc)  # an error and a wrong result: exit 1
     rows = _rows(jobs["faults"].run_dir)
@@ -68,7 +68,7 @@ def test_every_failure_is_its_own_row_and_the_run_goes_on(jobs: Jobs) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_a_timeout_interrupts_a_case_without_isolation(jobs: Jobs) -> None:
+def test_a_timeout_interrupts_a_case_without_isolation(jobs: dict[str, Done]) -> None:
     proc = jobs["in-process-timeout"].proc
     assert proc.returncode == 0, describe(proc)  # timeout is a result, not a failure
     rows = _rows(jobs["in-process-timeout"].run_dir)
@@ -77,7 +77,7 @@ def test_a_timeout_interrupts_a_case_without_isolation(jobs: Jobs) -> None:
     assert rows["builtin"]["status"] == "ok"
 
 
-def test_the_seed_replays_the_same_inputs_and_weights(jobs: Jobs) -> None:
+def test_the_seed_replays_the_same_inputs_and_weights(jobs: dict[str, Done]) -> None:
     runs = {name: read_csv(jobs[name].run_dir / "results.csv")[1]
             for name in ("seed-a", "seed-b", "seed-c")}
     for name, rows in runs.items():
@@ -94,11 +94,9 @@ def test_the_seed_replays_the_same_inputs_and_weights(jobs: Jobs) -> None:
 def _planned_keys() -> list[tuple[str, ...]]:
     config = BenchConfig(layers=("conv",), impls=("slow",), preset="quick",
                          modes=("fwd", "fwdbwd"))
-    from impls import REGISTRY
-
-    if ("conv", "slow") not in {(i.layer, i.name) for i in REGISTRY.impls("conv")}:
+    with REGISTRY.scoped():
         REGISTRY.load_file(FAULTS)
-    return [c.key for c in plan(config)]
+        return [c.key for c in plan(config)]
 
 
 def _interrupt(out: Path, sig: signal.Signals) -> tuple[Path, subprocess.CompletedProcess[str]]:

@@ -8,8 +8,9 @@ import pytest
 from matplotlib.colors import to_hex
 
 from reports import plots
+from reports.figures import layer_data
 from reports.schema import load_run
-from reports.style import impl_color
+from reports.style import palette
 from tests._runs import FakeCase, fake_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -85,7 +86,7 @@ def test_figures_absent_where_data_is(rendered: list[plots.Figure]) -> None:
 def test_no_roofline_without_calibration(tmp_path: Path) -> None:
     run = fake_run(tmp_path / "r", _other_cases(), calibration=None)
     frame, meta = load_run(run)
-    layer = plots._layer(frame, "pool", meta)
+    layer = layer_data(frame, "pool", meta, palette(meta, frame["impl"]))
     assert plots.DRAWERS["roofline"](layer) is None
     assert plots.DRAWERS["latency"](layer) is not None
 
@@ -103,12 +104,16 @@ def _colors(fig: object) -> dict[str, set[str]]:
     return seen
 
 
+def _layer(frame, meta):  # type: ignore[no-untyped-def]
+    return layer_data(frame, "conv", meta, palette(meta, frame["impl"]))
+
+
 def test_an_impl_has_one_colour_in_every_figure() -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         frame, meta = load_run(fake_run(Path(tmp) / "r", _conv_cases()))
-    layer = plots._layer(frame, "conv", meta)
+    layer = _layer(frame, meta)
     for kind in ("latency", "speedup", "roofline", "compile", "backward"):
         drawn = plots.DRAWERS[kind](layer)
         assert drawn is not None, kind
@@ -119,12 +124,12 @@ def test_an_impl_has_one_colour_in_every_figure() -> None:
             if (kind, impl) in (("speedup", "builtin"), ("compile", "loops")):
                 continue  # the reference line is builtin's; loops are never compiled
             assert labelled, (kind, impl)
-            assert set().union(*labelled) == {impl_color(impl)}, (kind, impl)
+            assert set().union(*labelled) == {layer.palette.color(impl)}, (kind, impl)
 
 
 def test_latency_shows_slopes_and_predicted_loops(tmp_path: Path) -> None:
     frame, meta = load_run(fake_run(tmp_path / "r", _conv_cases()))
-    drawn = plots.DRAWERS["latency"](plots._layer(frame, "conv", meta))
+    drawn = plots.DRAWERS["latency"](_layer(frame, meta))
     assert drawn is not None and "Hollow markers" in drawn.caption
     ax = drawn.fig.axes[0]  # cpu float32 fwd
     labels = ax.get_legend_handles_labels()[1]

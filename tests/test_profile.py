@@ -15,8 +15,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +24,7 @@ import torch
 from reports.analysis import OTHER_OPS, op_shares, profile_table
 from reports.schema import OPS_COLUMNS, load_ops, load_run
 from suites.profiling import ProfileSettings, memory_use
-from tests._cli import Jobs, describe, one_line_error, read_csv
+from tests._cli import Done, describe, invoke_all, one_line_error, read_csv
 
 N, C_IN, C_OUT, H, W, K = 2, 1, 4, 8, 8, 3
 TINY = f"N={N},C_in={C_IN},C_out={C_OUT},H={H},W={W},k={K},stride=1,padding=0"
@@ -35,29 +33,28 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        jobs = Jobs(tmp_path_factory.mktemp("profile"), pool)
-        jobs.add("bench", "bench", "conv", "--profile", "--impl", "builtin,loops,im2col",
-                 "--size", TINY, "--min-time", "0.05", "--trials", "1", "--out", "{out}",
-                 "--quiet")
-        for impl in ("im2col", "loops", "builtin"):
-            jobs.add(impl, "profile", "conv", "--impl", impl, "--size", TINY, "--out", "{out}")
-        jobs.add("unknown-impl", "profile", "conv", "--impl", "nope")
-        jobs.add("over-budget", "profile", "conv", "--impl", "loops", "--size", "N=64",
-                 "--budget", "0.01")
-        jobs.add("bad-schedule", "profile", "conv", "--impl", "im2col", "--active", "0")
-        jobs.add("bad-size", "profile", "conv", "--impl", "im2col", "--size", "N=x")
-        yield jobs
+def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Done]:
+    commands: dict[str, tuple[object, ...]] = {
+        "bench": ("bench", "conv", "--profile", "--impl", "builtin,loops,im2col", "--size",
+                  TINY, "--min-time", "0.05", "--trials", "1", "--out", "{out}", "--quiet"),
+        **{impl: ("profile", "conv", "--impl", impl, "--size", TINY, "--out", "{out}")
+           for impl in ("im2col", "loops", "builtin")},
+        "unknown-impl": ("profile", "conv", "--impl", "nope"),
+        "over-budget": ("profile", "conv", "--impl", "loops", "--size", "N=64", "--budget",
+                        "0.01"),
+        "bad-schedule": ("profile", "conv", "--impl", "im2col", "--active", "0"),
+        "bad-size": ("profile", "conv", "--impl", "im2col", "--size", "N=x"),
+    }
+    return invoke_all(tmp_path_factory.mktemp("profile"), commands)
 
 
-def _meta(jobs: Jobs, name: str) -> dict:
+def _meta(jobs: dict[str, Done], name: str) -> dict:
     proc = jobs[name].proc
     assert proc.returncode == 0, describe(proc)
     return json.loads((jobs[name].run_dir / "meta.json").read_text(encoding="utf-8"))
 
 
-def test_profile_writes_traces_ops_and_figures(jobs: Jobs) -> None:
+def test_profile_writes_traces_ops_and_figures(jobs: dict[str, Done]) -> None:
     proc, run_dir = jobs["im2col"].proc, jobs["im2col"].run_dir
     assert proc.returncode == 0, describe(proc)
     assert "top operators by self time" in proc.stdout
@@ -77,7 +74,7 @@ def test_profile_writes_traces_ops_and_figures(jobs: Jobs) -> None:
         assert (run_dir / figure).read_bytes().startswith(PNG)
 
 
-def test_profile_peak_memory_holds_the_column_matrix(jobs: Jobs) -> None:
+def test_profile_peak_memory_holds_the_column_matrix(jobs: dict[str, Done]) -> None:
     meta = _meta(jobs, "im2col")
     cols = N * C_IN * K * K * H_OUT * W_OUT * 4  # float32 column matrix of F.unfold
     out = N * C_OUT * H_OUT * W_OUT * 4
@@ -85,14 +82,14 @@ def test_profile_peak_memory_holds_the_column_matrix(jobs: Jobs) -> None:
     assert meta["peak_mem_bytes"] < 20 * (cols + out)
 
 
-def test_profile_counts_one_operator_per_multiply_add_for_the_loops(jobs: Jobs) -> None:
+def test_profile_counts_one_operator_per_multiply_add_for_the_loops(jobs: dict[str, Done]) -> None:
     loops, builtin = _meta(jobs, "loops"), _meta(jobs, "builtin")
     assert builtin["op_calls"] <= 3
     assert loops["op_calls"] >= N * C_OUT * H_OUT * W_OUT  # one or more per output element
     assert loops["profile"]["active"] == 1  # naive loops: one recorded call
 
 
-def test_bench_profile_fills_columns_and_draws_the_figures(jobs: Jobs) -> None:
+def test_bench_profile_fills_columns_and_draws_the_figures(jobs: dict[str, Done]) -> None:
     proc, run_dir = jobs["bench"].proc, jobs["bench"].run_dir
     assert proc.returncode == 0, describe(proc)
     results, _ = load_run(run_dir)
@@ -111,7 +108,7 @@ def test_bench_profile_fills_columns_and_draws_the_figures(jobs: Jobs) -> None:
 
 
 @pytest.mark.parametrize("name", ["unknown-impl", "over-budget", "bad-schedule", "bad-size"])
-def test_profile_bad_input_exits_2_with_one_line(jobs: Jobs, name: str) -> None:
+def test_profile_bad_input_exits_2_with_one_line(jobs: dict[str, Done], name: str) -> None:
     line = one_line_error(jobs[name].proc)
     if name == "over-budget":
         assert "--budget" in line and "smaller --size" in line
@@ -169,7 +166,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.tensorboard
-def test_tensorboard_profiler_plugin_lists_the_runs(jobs: Jobs, tmp_path: Path) -> None:
+def test_tensorboard_profiler_plugin_lists_the_runs(jobs: dict[str, Done], tmp_path: Path) -> None:
     pytest.importorskip("tensorboard", reason="tensorboard is not installed")
     pytest.importorskip("torch_tb_profiler", reason="torch-tb-profiler is not installed")
     logdir = jobs["bench"].run_dir / "profile"

@@ -1,19 +1,16 @@
-"""``report``, ``compare`` and ``calibrate`` from the command line: files and exit codes."""
+"""``report``, ``compare`` and ``calibrate`` from the command line (in this process): files and
+exit codes."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from suites import calibration
-from tests._cli import ROOT, Jobs, cli_env, describe, one_line_error
+from tests._cli import Done, describe, invoke, invoke_all, one_line_error
 from tests._report import assert_self_contained
 from tests._runs import FakeCase, fake_run, noisy
 
@@ -45,30 +42,32 @@ def _broken_runs(root: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
-    root = tmp_path_factory.mktemp("report-cli")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("report-cli")
+
+
+@pytest.fixture(scope="module")
+def jobs(root: Path) -> dict[str, Done]:
     base, same = _run(root / "base"), _run(root / "same")
     slower = _run(root / "slower", slow={"im2col": 2.0})
     broken = _broken_runs(root / "broken")
-    cache = root / "cache"
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        jobs = Jobs(root / "out", pool)
-        jobs.add("calibrate", "calibrate", env={"LAYERBENCH_CACHE_DIR": str(cache)})
-        jobs.add("report", "report", base)
-        jobs.add("compare-same", "compare", base, same, "--out", "{out}")
-        jobs.add("compare-slower", "compare", base, slower, "--out", "{out}")
-        jobs.add("compare-three", "compare", base, same, slower, "--out", "{out}")
-        for name, path in broken.items():
-            if name != "other-layer":
-                jobs.add(f"report-{name}", "report", path)
-            jobs.add(f"compare-{name}", "compare", base, path, "--out", "{out}")
-        jobs.add("compare-one-run", "compare", base, "--out", "{out}")
-        jobs.add("compare-bad-basis", "compare", base, same, "--basis", "sideways")
-        jobs.add("calibrate-bad-device", "calibrate", "--device", "tpu")
-        yield jobs
+    commands: dict[str, tuple[object, ...]] = {
+        "report": ("report", base),
+        "compare-same": ("compare", base, same, "--out", "{out}"),
+        "compare-slower": ("compare", base, slower, "--out", "{out}"),
+        "compare-three": ("compare", base, same, slower, "--out", "{out}"),
+        "compare-one-run": ("compare", base, "--out", "{out}"),
+        "compare-bad-basis": ("compare", base, same, "--basis", "sideways"),
+        "calibrate-bad-device": ("calibrate", "--device", "tpu"),
+    }
+    for name, path in broken.items():
+        if name != "other-layer":
+            commands[f"report-{name}"] = ("report", path)
+        commands[f"compare-{name}"] = ("compare", base, path, "--out", "{out}")
+    return invoke_all(root / "out", commands)
 
 
-def test_report_command_builds_the_report(jobs: Jobs) -> None:
+def test_report_command_builds_the_report(jobs: dict[str, Done]) -> None:
     proc = jobs["report"].proc
     assert proc.returncode == 0, describe(proc)
     run = Path(proc.stdout.splitlines()[0]).parent
@@ -77,29 +76,28 @@ def test_report_command_builds_the_report(jobs: Jobs) -> None:
     assert list((run / "plots").glob("conv_*.png"))
 
 
-def test_a_run_against_an_equivalent_run_passes(jobs: Jobs) -> None:
-    proc = jobs["compare-same"].proc
+def test_a_run_against_an_equivalent_run_passes(jobs: dict[str, Done]) -> None:
+    proc, out = jobs["compare-same"].proc, jobs["compare-same"].out
     assert proc.returncode == 0, describe(proc)
-    out = jobs["compare-same"].out
     for name in ("compare.csv", "compare.md", "compare.html", "compare.png"):
         assert (out / name).stat().st_size > 0, name
     assert_self_contained((out / "compare.html").read_text(encoding="utf-8"))
     assert "REGRESSION" not in proc.stdout
 
 
-def test_an_impl_made_2x_slower_is_a_regression(jobs: Jobs) -> None:
-    proc = jobs["compare-slower"].proc
+def test_an_impl_made_2x_slower_is_a_regression(jobs: dict[str, Done]) -> None:
+    proc, out = jobs["compare-slower"].proc, jobs["compare-slower"].out
     assert proc.returncode == 1, describe(proc)
     flagged = [line for line in proc.stdout.splitlines() if line.startswith("REGRESSION")]
     assert len(flagged) == 2 and all("conv/im2col" in line for line in flagged), proc.stdout
-    summary = (jobs["compare-slower"].out / "compare.md").read_text(encoding="utf-8")
+    summary = (out / "compare.md").read_text(encoding="utf-8")
     assert "regression" in summary.lower()
 
 
-def test_three_runs_compare_each_with_the_first(jobs: Jobs) -> None:
-    proc = jobs["compare-three"].proc
+def test_three_runs_compare_each_with_the_first(jobs: dict[str, Done]) -> None:
+    proc, out = jobs["compare-three"].proc, jobs["compare-three"].out
     assert proc.returncode == 1, describe(proc)  # the third run regressed
-    frame = pd.read_csv(jobs["compare-three"].out / "compare.csv")
+    frame = pd.read_csv(out / "compare.csv")
     verdicts = frame.groupby("run_b")["verdict"].agg(set)
     assert verdicts["same"] == {"same"}
     assert "slower" in verdicts["slower"]
@@ -117,14 +115,17 @@ WORDS = {"report-bad-schema": "schema version 99", "report-empty": "no results",
 
 
 @pytest.mark.parametrize("name", BAD)
-def test_bad_input_exits_2_with_one_clear_line(jobs: Jobs, name: str) -> None:
+def test_bad_input_exits_2_with_one_clear_line(jobs: dict[str, Done],
+                                               name: str) -> None:
     assert WORDS.get(name, "") in one_line_error(jobs[name].proc)
+    assert not list(jobs[name].out.iterdir())  # nothing written
 
 
-def test_calibrate_measures_and_caches_the_ceilings(jobs: Jobs) -> None:
-    proc = jobs["calibrate"].proc
+def test_calibrate_measures_and_caches_the_ceilings(root: Path) -> None:
+    env = {"LAYERBENCH_CACHE_DIR": str(root / "cache")}
+    proc = invoke("calibrate", env=env)
     assert proc.returncode == 0, describe(proc)
-    cached = list((jobs.root.parent / "cache" / "calibration").glob("*.json"))
+    cached = list((root / "cache" / "calibration").glob("*.json"))
     assert len(cached) == 1
     ceilings = json.loads(cached[0].read_text(encoding="utf-8"))
     assert set(ceilings["matmul_gflops"]) == {"float32", "float64", "bfloat16", "float16"}
@@ -134,13 +135,10 @@ def test_calibrate_measures_and_caches_the_ceilings(jobs: Jobs) -> None:
     assert ceilings["load_before"] >= 0  # the 1-minute load as the measurement started
     assert str(cached[0]) in proc.stdout
     # a second call reads the cache instead of measuring again
-    again = subprocess.run([sys.executable, "cli.py", "calibrate"], cwd=ROOT, text=True,
-                           env={**cli_env(), "LAYERBENCH_CACHE_DIR": str(cached[0].parents[1])},
-                           capture_output=True, timeout=120, check=False)
+    again = invoke("calibrate", env=env)
     assert again.returncode == 0, describe(again)
     assert json.loads(cached[0].read_text(encoding="utf-8")) == ceilings
     assert f"measured {ceilings['measured_at']}" in again.stdout
-
 
 
 def test_a_calibration_on_a_busy_machine_is_flagged() -> None:

@@ -8,25 +8,30 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from impls import REGISTRY
+from reports.record import Case, CaseResult, Samples
 from reports.schema import (
+    BASELINE_IMPL,
     KEY_COLUMNS,
     RESULT_COLUMNS,
     SAMPLE_COLUMNS,
     SCHEMA_VERSION,
     CsvAppender,
     RunDataError,
+    exit_code,
+    is_baseline,
     load_run,
+    precision,
     result_columns,
 )
+from reports.style import palette
 from reports.writer import RunWriter, new_run_dir
-from suites.cases import BASELINE_IMPL, Case, plan
+from suites.cases import new_case, plan
 from suites.config import BenchConfig
 from suites.presets import notes_size, parse_size, preset_sizes
-from suites.runner import CaseResult
-from suites.timing import Samples
 
 LAYER = REGISTRY.layer("conv")
 
@@ -102,8 +107,7 @@ def test_appender_writes_a_header_into_an_empty_existing_file(tmp_path: Path) ->
 
 def _case() -> Case:
     params = {"N": 1, "C_in": 1, "C_out": 2, "H": 8, "W": 8, "k": 3, "stride": 1, "padding": 0}
-    return Case("conv", "builtin", "none", tuple((p, params[p]) for p in LAYER.params), "cpu",
-                "float32", "fwd")
+    return new_case("conv", "builtin", "none", params, "cpu", "float32", "fwd")
 
 
 def _write_run(out: Path) -> Path:
@@ -299,3 +303,52 @@ def test_plan_rejects_unknown_names_and_nonsense_sizes() -> None:
     bad = tuple({**notes_size("conv"), "k": 100}.items())
     with pytest.raises(ValueError):
         plan(BenchConfig(layers=("conv",), size=bad))
+
+
+# --- the rules every reader and writer shares ---------------------------------------------------
+
+
+def test_precision_is_tf32_only_for_float32_on_cuda_with_tf32_allowed() -> None:
+    on, off = {"cuda_matmul_allow_tf32": True}, {"cuda_matmul_allow_tf32": False}
+    assert precision("float32", "cuda:1", on) == "tf32"
+    assert precision("float32", "cuda", {"cudnn_allow_tf32": True}) == "tf32"
+    assert precision("float32", "cuda", off) == "float32"
+    assert precision("float32", "cpu", on) == "float32"
+    assert precision("bfloat16", "cuda", on) == "bfloat16"
+
+
+def test_only_the_eager_builtin_is_the_baseline() -> None:
+    assert is_baseline(BASELINE_IMPL, "none")
+    assert not is_baseline(BASELINE_IMPL, "default")
+    assert not is_baseline("im2col", "none")
+    assert _case().baseline == _case()
+
+
+@pytest.mark.parametrize(("statuses", "code"), [
+    (["ok", "skipped", "oom", "timeout"], 0), (["ok", "incorrect"], 1), (["error"], 1)])
+def test_a_run_fails_on_a_wrong_answer_or_an_error_only(statuses: list[str], code: int) -> None:
+    assert exit_code(pd.DataFrame({"status": statuses})) == code
+
+
+def test_relate_divides_by_the_builtin_and_bounds_by_the_roofline() -> None:
+    result = CaseResult(_case(), samples=Samples((2e-3,), 1), flops=4_000_000, bytes=1000)
+    ceilings = {"matmul_gflops": {"float32": 100.0}, "copy_gbps": 10.0}
+    result.relate(builtin_s=1e-3, ceilings=ceilings, tf32={})
+    assert result.speedup_vs_builtin == pytest.approx(0.5)
+    # 2 GFLOP/s achieved; intensity 4000 FLOP/B x 10 GB/s is past the 100 GFLOP/s peak
+    assert result.roofline_frac == pytest.approx(2.0 / 100.0)
+    untimed = CaseResult(_case())
+    untimed.relate(builtin_s=1e-3, ceilings=ceilings, tf32={})
+    assert math.isnan(untimed.speedup_vs_builtin) and math.isnan(untimed.roofline_frac)
+
+
+def test_every_implementation_of_a_run_gets_its_own_colour() -> None:
+    registered = REGISTRY.impl_order()
+    colors = palette({"impl_order": registered}, ["mine", "theirs"])
+    names = [*registered, "mine", "theirs"]
+    assert len({colors.color(n) for n in names}) == len(names)
+    assert colors.sorted(["theirs", "builtin", "loops"]) == ["loops", "builtin", "theirs"]
+    # the same implementation keeps its colour whatever else a run has
+    assert palette({"impl_order": registered}).color("im2col") == colors.color("im2col")
+    assert len({palette({}, [f"i{k}" for k in range(40)]).color(f"i{k}")
+                for k in range(40)}) == 40

@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from reports.record import Samples
 from suites import timing
 from suites.compilation import PROJECT_ROOT
 from suites.config import TimingConfig
-from suites.timing import SLOW_CALL_S, Samples, measure, sample_count, warm_up
+from suites.devices import device
+from suites.timing import SLOW_CALL_S, measure, sample_count, warm_up
+
+CPU = device("cpu")
 
 
 def test_statistics_of_a_hand_computed_example() -> None:
@@ -50,7 +54,7 @@ def test_measure_collects_positive_samples_of_a_cheap_call() -> None:
         calls[0] += 1
         return x @ x
 
-    samples = measure(step, "cpu", config, threads=1)
+    samples = measure(step, CPU, config, threads=1)
     assert config.min_samples <= len(samples.seconds) <= config.max_samples
     assert all(s > 0 for s in samples.seconds)
     assert samples.calls_per_sample >= 1
@@ -75,7 +79,7 @@ def test_measure_calls_the_step_only_for_warm_up_and_samples(
 
     monkeypatch.setattr(timing, "warm_up", counted_warm_up)
     config = TimingConfig(min_time_s=0.01, warmup_s=0.001, block_s=0.001, min_samples=4)
-    samples = measure(step, "cpu", config, threads=1)
+    samples = measure(step, CPU, config, threads=1)
     assert samples.calls_per_sample == 1
     assert calls[0] - warm[0] == len(samples.seconds) >= 4
     assert all(s >= 0.002 for s in samples.seconds)
@@ -84,7 +88,7 @@ def test_measure_calls_the_step_only_for_warm_up_and_samples(
 def test_measure_keeps_the_thread_count() -> None:
     before = torch.get_num_threads()
     config = TimingConfig(min_time_s=0.005, warmup_s=0.001, block_s=0.001, min_samples=2)
-    measure(lambda: torch.ones(8).sum(), "cpu", config, threads=1)
+    measure(lambda: torch.ones(8).sum(), CPU, config, threads=1)
     assert torch.get_num_threads() == before
 
 
@@ -94,7 +98,7 @@ def test_warm_up_calls_at_least_twice() -> None:
     def step() -> None:
         calls[0] += 1
 
-    per_call_s = warm_up(step, "cpu", seconds=0.0)
+    per_call_s = warm_up(step, CPU, seconds=0.0)
     assert calls[0] >= 2
     assert per_call_s > 0
 

@@ -1,0 +1,172 @@
+"""One case and what was measured of it: the record every line of ``results.csv`` is written from.
+
+The runner fills a ``CaseResult``; ``row()`` gives its ``results.csv`` columns, the derived
+figures included (median and spread from the raw samples, GFLOP/s, GB/s). ``relate`` adds the
+figures that depend on other measurements: the speed relative to the same run's eager builtin
+and the fraction of the device's roofline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from reports.schema import BASELINE_IMPL, precision
+
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One (layer, impl, compile, params, device, dtype, mode) to run; ``label`` is the short
+    stable name of its size (``Layer.label``), e.g. ``N64_Cin1_Cout8_H28_W28_k3_s1_p0``."""
+
+    layer: str
+    impl: str
+    compile: str
+    params: tuple[tuple[str, int], ...]
+    device: str
+    dtype: str
+    mode: str
+    label: str
+
+    @property
+    def size(self) -> dict[str, int]:
+        return dict(self.params)
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """The case's identity in the run files: (layer, impl, compile, device, dtype, mode,
+        case label)."""
+        return (self.layer, self.impl, self.compile, self.device, self.dtype, self.mode,
+                self.label)
+
+    @property
+    def baseline(self) -> Case:
+        """The eager builtin case that ``speedup_vs_builtin`` divides by."""
+        return Case(self.layer, BASELINE_IMPL, "none", self.params, self.device, self.dtype,
+                    self.mode, self.label)
+
+    @property
+    def variant(self) -> str:
+        """``impl`` or ``impl+compile``, as legends and tables name it."""
+        return self.impl if self.compile == "none" else f"{self.impl}+{self.compile}"
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Raw per-call times in seconds, one per sample, and how each was taken."""
+
+    seconds: tuple[float, ...]
+    calls_per_sample: int
+
+    @property
+    def median_s(self) -> float:
+        return float(np.median(self.seconds))
+
+    @property
+    def iqr_s(self) -> float:
+        q1, q3 = np.percentile(self.seconds, [25, 75])
+        return float(q3 - q1)
+
+    @property
+    def min_s(self) -> float:
+        return float(min(self.seconds))
+
+    @property
+    def mean_s(self) -> float:
+        return float(np.mean(self.seconds))
+
+
+@dataclass
+class CaseResult:
+    """Everything measured for one case; ``row()`` gives its ``results.csv`` columns."""
+
+    case: Case
+    status: str = "ok"
+    reason: str = ""
+    samples: Samples | None = None
+    compile_s: float = NAN
+    flops: int = 0
+    bytes: int = 0
+    speedup_vs_builtin: float = NAN
+    max_abs_err: float = NAN
+    rel_err: float = NAN
+    grad_max_abs_err: float = NAN
+    grad_rel_err: float = NAN
+    rtol: float = NAN
+    atol: float = NAN
+    peak_mem_bytes: float = NAN
+    predicted_s: float = NAN
+    predicted_call_s: float = NAN
+    roofline_frac: float = NAN
+    op_calls: float = NAN
+    threads: int = 0
+    seed: int = 0
+    ops: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def median_s(self) -> float:
+        return self.samples.median_s if self.samples else NAN
+
+    def relate(self, builtin_s: float | None, ceilings: dict[str, Any] | None,
+               tf32: dict[str, Any]) -> None:
+        """Speed relative to the eager builtin's median ``builtin_s`` (None: not timed), and
+        the roofline fraction under the device's ``ceilings`` (None: not calibrated);
+        ``tf32`` holds the TF32 flags the case ran under."""
+        if not self.samples:
+            return
+        if builtin_s is not None:
+            self.speedup_vs_builtin = builtin_s / self.median_s
+        if ceilings is not None:
+            self.roofline_frac = roofline_frac(
+                self.flops / self.median_s / 1e9, self.flops, self.bytes, ceilings,
+                precision(self.case.dtype, self.case.device, tf32))
+
+    def row(self) -> dict[str, Any]:
+        c, s = self.case, self.samples
+        median_s = self.median_s
+        return {
+            "layer": c.layer, "impl": c.impl, "compile": c.compile, "device": c.device,
+            "dtype": c.dtype, "mode": c.mode, "case": c.label,
+            **{f"p_{k}": v for k, v in c.params},
+            "status": self.status, "reason": self.reason,
+            "median_ms": median_s * 1e3,
+            "iqr_ms": s.iqr_s * 1e3 if s else NAN,
+            "min_ms": s.min_s * 1e3 if s else NAN,
+            "mean_ms": s.mean_s * 1e3 if s else NAN,
+            "n_samples": len(s.seconds) if s else 0,
+            "calls_per_sample": s.calls_per_sample if s else 0,
+            "compile_s": self.compile_s,
+            "flops": self.flops, "bytes": self.bytes,
+            "gflops": self.flops / median_s / 1e9 if s else NAN,
+            "gbps": self.bytes / median_s / 1e9 if s else NAN,
+            "roofline_frac": self.roofline_frac,
+            "speedup_vs_builtin": self.speedup_vs_builtin,
+            "max_abs_err": self.max_abs_err, "rel_err": self.rel_err,
+            "grad_max_abs_err": self.grad_max_abs_err, "grad_rel_err": self.grad_rel_err,
+            "rtol": self.rtol, "atol": self.atol,
+            "peak_mem_bytes": self.peak_mem_bytes, "predicted_s": self.predicted_s,
+            "predicted_call_s": self.predicted_call_s, "op_calls": self.op_calls,
+            "threads": self.threads, "seed": self.seed,
+        }
+
+
+def attainable_gflops(flops: float, bytes_moved: float, peak_gflops: float,
+                      copy_gbps: float) -> float:
+    """The roofline: ``min(peak, intensity x bandwidth)`` in GFLOP/s."""
+    if bytes_moved <= 0:
+        return peak_gflops
+    return min(peak_gflops, flops / bytes_moved * copy_gbps)
+
+
+def roofline_frac(gflops: float, flops: float, bytes_moved: float, ceilings: dict[str, Any],
+                  peak_key: str) -> float:
+    """Achieved / attainable GFLOP/s for one case; NaN when the ceilings lack ``peak_key``."""
+    peak = (ceilings.get("matmul_gflops") or {}).get(peak_key)
+    if not peak or not ceilings.get("copy_gbps") or math.isnan(gflops) or flops <= 0:
+        return math.nan
+    return gflops / attainable_gflops(flops, bytes_moved, peak, ceilings["copy_gbps"])

@@ -1,0 +1,148 @@
+"""The ``profile`` command: one case under ``torch.profiler``, its operator table, traces, ops.csv
+and figures.
+
+A naive loop is profiled at the notes' size only if its recorded calls fit the budget (the
+profiler roughly triples a call's time); otherwise at its calibration size, which says the same
+about where the time goes, or, for a size the user gave, not at all (exit 2, with a size that
+fits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from impls import DTYPE_NAMES, MODES, REGISTRY
+from reports.console import console, ops_table, say
+from reports.outcome import EXIT_FAILED, EXIT_OK, UsageError
+from reports.record import Case
+from reports.schema import KEY_COLUMNS, OPS_COLUMNS, CsvAppender, write_json
+from reports.style import format_seconds
+from reports.writer import new_run_dir
+from suites.budget import predict
+from suites.cases import new_case
+from suites.compilation import COMPILE_MODES, use_project_cache
+from suites.config import BenchConfig, ProfileOptions
+from suites.environment import machine_info
+from suites.presets import notes_size
+from suites.profiling import NAIVE_SETTINGS, CaseProfile, ProfileSettings, trace_name
+from suites.runner import profile_one
+from suites.session import choose, choose_devices, custom_size, layer_names, load_impl_files
+
+#: how much longer a call takes under the profiler (shapes, memory and stacks recorded)
+PROFILER_SLOWDOWN = 3
+
+
+def profile(options: ProfileOptions) -> int:
+    """Profile the case ``options`` name; write and print what it found; the exit code."""
+    load_impl_files(options.run.impl_files)
+    (layer,) = layer_names((options.layer,))
+    try:
+        found = REGISTRY.impl(layer, options.impl)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+    (device,) = choose_devices((options.device,))
+    choose("dtype", (options.dtype,), DTYPE_NAMES)
+    choose("mode", (options.mode,), MODES)
+    choose("compile mode", (options.compile_mode,), COMPILE_MODES)
+    default = NAIVE_SETTINGS if found.naive else ProfileSettings()
+    settings = ProfileSettings(
+        wait=default.wait if options.wait is None else options.wait, warmup=options.warmup,
+        active=default.active if options.active is None else options.active,
+        with_stack=options.stacks)
+    size = custom_size(layer, options.size) if options.size else notes_size(layer)
+    if problem := found.unsupported(device, DTYPE_NAMES[options.dtype], options.mode,
+                                    options.compile_mode):
+        raise UsageError(f"{layer}/{options.impl}: {problem}")
+    if options.run.threads:
+        torch.set_num_threads(options.run.threads)
+    config = BenchConfig(layers=(layer,), impls=(options.impl,), devices=(device,),
+                         dtypes=(options.dtype,), modes=(options.mode,),
+                         compile_modes=(options.compile_mode,), budget_s=options.budget_s,
+                         seed=options.seed, threads=options.run.threads, out=options.run.out,
+                         profile=True)
+    case = new_case(layer, options.impl, options.compile_mode, size, device, options.dtype,
+                    options.mode)
+    if found.naive:
+        case = affordable(case, config, settings, explicit=options.size is not None)
+    try:
+        run_dir = new_run_dir(options.run.out, f"profile-{layer}-{options.impl}")
+    except OSError as exc:
+        raise UsageError(f"--out {options.run.out}: cannot create the directory "
+                         f"({exc.strerror or exc})") from None
+    use_project_cache()
+    say(
+        f"profiling {layer}/{options.impl} {case.label} ({device} {options.dtype} "
+        f"{options.mode}, compile {options.compile_mode}; wait {settings.wait}, warm-up "
+        f"{settings.warmup}, active {settings.active}) -> {run_dir}", stderr=True)
+    try:
+        with torch.set_grad_enabled(options.mode != "fwd"):
+            result = profile_one(case, options.seed, run_dir / "tb" / trace_name(case), settings,
+                                 chrome_trace=run_dir / "trace.json")
+    except Exception as exc:  # the implementation failed: say so, like a bench error row
+        say(f"error: {layer}/{options.impl} failed under the profiler: "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}", stderr=True)
+        return EXIT_FAILED
+    _write(run_dir, case, result, config, settings, options.top)
+    return EXIT_OK
+
+
+def affordable(case: Case, config: BenchConfig, settings: ProfileSettings,
+               explicit: bool) -> Case:
+    """A naive loop's case, or its calibration size when the profiled calls would exceed the
+    budget; a size the user chose (``explicit``) that does not fit is bad input."""
+    spec, impl = REGISTRY.layer(case.layer), REGISTRY.impl(case.layer, case.impl)
+    dtype = DTYPE_NAMES[case.dtype]
+    per_call = predict(impl, spec, case.size, dtype, case.device, case.mode, config).per_call_s
+    needed = per_call * (settings.warmup + settings.active) * PROFILER_SLOWDOWN
+    if needed <= config.budget_s:
+        return case
+    small = spec.calibration_params(case.size)
+    label = spec.label(small)
+    if explicit:
+        raise UsageError(f"{case.layer}/{case.impl} at {case.label}: predicted "
+                         f"{format_seconds(needed)} under the profiler > --budget "
+                         f"{format_seconds(config.budget_s)}; raise --budget or profile a "
+                         f"smaller --size (e.g. {label})")
+    say(
+        f"{case.impl} at the notes' size {case.label} would take {format_seconds(needed)} under "
+        f"the profiler (> --budget {format_seconds(config.budget_s)}): profiling {label} "
+        "instead", stderr=True)
+    return new_case(case.layer, case.impl, case.compile, small, case.device, case.dtype,
+                    case.mode)
+
+
+def _write(run_dir: Path, case: Case, result: CaseProfile, config: BenchConfig,
+           settings: ProfileSettings, top: int) -> None:
+    """ops.csv, meta.json, figures and the printed summary of a ``profile`` run."""
+    from reports.profile_plots import case_figures
+
+    appender = CsvAppender(run_dir / "ops.csv", OPS_COLUMNS)
+    appender.append(result.ops)
+    appender.close()
+    write_json(run_dir / "meta.json", {
+        "command": sys.argv, "config": dataclasses.asdict(config),
+        "profile": dataclasses.asdict(settings),
+        "case": dict(zip(KEY_COLUMNS, case.key, strict=True)), "op_calls": result.op_calls,
+        "peak_mem_bytes": result.peak_mem_bytes, "machine": machine_info([case.device])})
+    ops = pd.DataFrame(result.ops, columns=list(OPS_COLUMNS))
+    title = f"{case.layer}/{case.impl} {case.label}"
+    figures = case_figures(ops, result.memory, title, run_dir)
+    out = console()
+    out.print(ops_table(ops, top, title))
+    self_ms = ops["self_cpu_us"].sum() / 1e3
+    tb = run_dir / "tb"
+    for line in (f"per call: {result.op_calls:,.0f} operators launched, {self_ms:.4g} ms of CPU "
+                 f"self time under the profiler, peak memory "
+                 f"{result.peak_mem_bytes / 2**20:.4g} MiB beyond the inputs",
+                 f"ops.csv: {run_dir / 'ops.csv'}",
+                 f"figures: {', '.join(str(p) for p in figures)}",
+                 f"TensorBoard: tensorboard --logdir {tb}  (PyTorch Profiler tab; needs "
+                 "torch-tb-profiler)",
+                 f"Perfetto: open {run_dir / 'trace.json'} at https://ui.perfetto.dev "
+                 "(or chrome://tracing)"):
+        say(line)

@@ -1,0 +1,288 @@
+"""Run sessions: what ``bench``, ``list`` and ``calibrate`` do, from options to an exit code.
+
+A session checks the user's names and sizes (``UsageError``: exit 2, nothing written), plans the
+cases, opens a run directory (``meta.json`` first), runs the cases into it with a progress bar,
+prints the summary and builds the report. ``measure`` is the same run, quiet and without a
+report, for the regression gate (``suites.baseline``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from impls import DTYPE_NAMES, MODES, REGISTRY, RegistryError
+from reports.console import ProgressBar, console, impl_table, problems, say, summary_tables
+from reports.meta import ceiling_text
+from reports.outcome import EXIT_INTERRUPTED, UsageError
+from reports.record import Case
+from reports.schema import KEY_COLUMNS, TIMED, exit_code, load_run
+from reports.writer import RunWriter, new_run_dir, open_resumed
+from suites import calibration, devices
+from suites.cases import plan
+from suites.compilation import COMPILE_MODES, PROJECT_ROOT, use_project_cache
+from suites.config import BenchConfig, BenchOptions, RunOptions, TimingConfig, config_from_dict
+from suites.environment import machine_info
+from suites.presets import PRESET_NAMES, notes_size, parse_size
+from suites.runner import run
+
+
+def load_impl_files(paths: Iterable[Path]) -> None:
+    """Register the implementations of the user's files (``--impl-file``)."""
+    for path in paths:
+        try:
+            REGISTRY.load_file(path)
+        except RegistryError as exc:
+            raise UsageError(str(exc)) from None
+
+
+def choose(option: str, values: Iterable[str], choices: Iterable[str],
+           everything: Iterable[str] | None = None) -> tuple[str, ...]:
+    """``values`` checked against ``choices``; ``all`` means ``everything`` where allowed."""
+    values, choices = tuple(values), tuple(choices)
+    if everything is not None and "all" in values:
+        return tuple(everything)
+    for value in values:
+        if value not in choices:
+            also = ("all",) if everything is not None else ()
+            raise UsageError(f"unknown {option} {value!r} (choose from "
+                             f"{', '.join(choices + also)})")
+    return values
+
+
+def choose_devices(names: Iterable[str]) -> tuple[str, ...]:
+    """``--device`` values, each present here (``all``: every kind that is)."""
+    names = tuple(names)
+    if "all" in names:
+        return tuple(devices.available())
+    for name in names:
+        try:
+            problem = devices.device(name).problem()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if problem:
+            raise UsageError(problem)
+    return names
+
+
+def layer_names(chosen: Iterable[str]) -> tuple[str, ...]:
+    """Registered layer names (``all``: every layer, in the notes' order)."""
+    names = [layer.name for layer in REGISTRY.layers()]
+    return choose("layer", chosen, names, everything=names)
+
+
+def custom_size(layer: str, text: str) -> dict[str, int]:
+    """``--size k=v,...`` on top of the notes' size of ``layer``, checked."""
+    spec = REGISTRY.layer(layer)
+    try:
+        size = parse_size(text, notes_size(layer), spec)
+        spec.check(size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return size
+
+
+def resolve(options: BenchOptions) -> BenchConfig:
+    """The run ``options`` ask for, every name checked and ``all`` expanded."""
+    load_impl_files(options.run.impl_files)
+    if options.layer is None:
+        raise UsageError("missing LAYER (a layer name or all; or --resume RUN_DIR)")
+    layers = layer_names((options.layer,))
+    size: tuple[tuple[str, int], ...] = ()
+    if options.size is not None:
+        if len(layers) != 1:
+            raise UsageError("--size needs a single layer, not 'all'")
+        size = tuple(custom_size(layers[0], options.size).items())
+    compile_modes = choose("compile mode", options.compile_modes, COMPILE_MODES)
+    return BenchConfig(
+        layers=layers, impls=options.impls, devices=choose_devices(options.devices),
+        dtypes=choose("dtype", options.dtypes, DTYPE_NAMES, everything=DTYPE_NAMES),
+        modes=choose("mode", options.modes, MODES, everything=MODES),
+        compile_modes=compile_modes, preset=choose("preset", (options.preset,), PRESET_NAMES)[0],
+        size=size, budget_s=options.budget_s, trials=options.trials, seed=options.seed,
+        threads=options.run.threads, profile=options.profile,
+        timing=TimingConfig(min_time_s=options.min_time_s), out=options.run.out,
+        impl_files=options.run.impl_files, timeout_s=options.timeout_s,
+        isolate=options.isolate if options.isolate is not None else bool(
+            options.run.impl_files or set(compile_modes) - {"none"}))
+
+
+def planned(config: BenchConfig) -> list[Case]:
+    """Every case of ``config``; an unknown implementation or a nonsense size is bad input."""
+    try:
+        return plan(config)
+    except (KeyError, ValueError) as exc:
+        raise UsageError(str(exc.args[0]) if exc.args else str(exc)) from None
+
+
+def bench(options: BenchOptions) -> int:
+    """The ``bench`` command: run the suite (or finish ``options.resume``); the exit code."""
+    if options.resume is not None:
+        return resume(options.resume, options.run.quiet, options.report)
+    config = resolve(options)
+    cases = planned(config)
+    _set_threads(config.threads)
+    what = config.layers[0] if len(config.layers) == 1 else "all"
+    try:
+        run_dir = new_run_dir(config.out, "-".join((what, *config.devices)))
+    except OSError as exc:
+        raise UsageError(f"--out {config.out}: cannot create the run directory "
+                         f"({exc.strerror or exc})") from None
+    writer = open_run(config, run_dir)
+    return run_cases(config, cases, writer, options.run.quiet, options.report)
+
+
+def resume(run_dir: Path, quiet: bool, report: bool) -> int:
+    """Run the cases of ``run_dir`` that have no result row yet, appending to its files."""
+    try:
+        meta = json.loads((run_dir / "meta.json").read_text(encoding="utf-8"))
+        config = config_from_dict(meta["config"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--resume {run_dir}: no usable meta.json ({exc})") from None
+    load_impl_files(config.impl_files)
+    for name in config.devices:
+        if problem := devices.device(name).problem():
+            raise UsageError(f"--resume {run_dir}: {problem}")
+    cases = planned(config)
+    meta, rows = open_resumed(run_dir, _params(config))
+    done = {tuple(r[k] for k in KEY_COLUMNS): r for r in rows}
+    todo = [c for c in cases if c.key not in done]
+    baselines = {c: float(done[c.key]["median_ms"]) / 1e3 for c in cases
+                 if c.key in done and c == c.baseline and done[c.key]["status"] in TIMED}
+    _set_threads(config.threads)
+    say(f"resuming {run_dir}: {len(rows)} of {len(cases)} cases already done", stderr=True)
+    writer = RunWriter(run_dir, _params(config),
+                       {**meta, "calibration": all_ceilings(config.devices)}, resumed=True)
+    return run_cases(config, todo, writer, quiet, report, baselines)
+
+
+def open_run(config: BenchConfig, run_dir: Path) -> RunWriter:
+    """The writer of a new run in ``run_dir``, its ``meta.json`` written: the command, the
+    configuration, the machine, the devices' ceilings and the implementations' order."""
+    meta = {"command": sys.argv, "config": dataclasses.asdict(config),
+            "machine": machine_info(list(config.devices)),
+            "calibration": all_ceilings(config.devices), "impl_order": REGISTRY.impl_order()}
+    return RunWriter(run_dir, _params(config), meta)
+
+
+def run_cases(config: BenchConfig, cases: list[Case], writer: RunWriter, quiet: bool,
+              report: bool, baselines: dict[Case, float] | None = None) -> int:
+    """Run ``cases`` into the writer's run directory; print the summary; the exit code."""
+    use_project_cache()
+    run_dir = writer.run_dir
+    err = console(stderr=True)
+    say(f"layerbench: {len(cases)} cases -> {run_dir}"
+        + (" (each in a worker process)" if config.isolate else ""), stderr=True)
+    try:
+        with ProgressBar(len(cases), err, enabled=not quiet) as bar:
+            run(config, cases, [writer, bar], profile_root=writer.profile_dir,
+                ceilings=writer.meta["calibration"], baselines=baselines)
+    except KeyboardInterrupt:
+        writer.close(interrupted=True)
+        say(f"interrupted: the finished cases are in {run_dir / 'results.csv'}; "
+            f"finish with `python cli.py bench --resume {run_dir}`", stderr=True)
+        return EXIT_INTERRUPTED
+    writer.close(interrupted=False)
+    frame, _ = load_run(run_dir)
+    out = console()
+    for table in summary_tables(frame):
+        out.print(table)
+    for line in problems(frame):
+        say(line)
+    say(f"results: {run_dir}")
+    if report:
+        _report(run_dir)
+    return exit_code(frame)
+
+
+def measure(config: BenchConfig, cases: list[Case], run_dir: Path, quiet: bool) -> Path:
+    """Run ``cases`` into the new run directory ``run_dir``, without summary or report (the
+    regression gate's runs)."""
+    _set_threads(config.threads)
+    use_project_cache()
+    run_dir.mkdir(parents=True, exist_ok=False)
+    writer = open_run(config, run_dir)
+    err = console(stderr=True)
+    say(f"measuring {len(cases)} cases -> {run_dir}", stderr=True)
+    with ProgressBar(len(cases), err, enabled=not quiet) as bar:
+        run(config, cases, [writer, bar], ceilings=writer.meta["calibration"])
+    writer.close(interrupted=False)
+    return run_dir
+
+
+def all_ceilings(names: Iterable[str]) -> dict[str, Any]:
+    """Each device's cached ceilings; measured first (a few seconds) where none are cached."""
+    found = {}
+    for name in names:
+        fresh = not calibration.cache_path(name).is_file()
+        if fresh:
+            say(f"calibrating {name} once (peak matmul FLOP/s, copy "
+                "bandwidth) ...", stderr=True)
+        found[name] = calibration.ceilings(name)
+        if fresh and (warning := calibration.busy_warning(found[name])):
+            say(f"warning: {warning}", stderr=True)
+    return found
+
+
+def calibrate(names: Iterable[str], threads: int, force: bool) -> int:
+    """The ``calibrate`` command: measure (or show the cached) ceilings of each device."""
+    _set_threads(threads)
+    for name in choose_devices(names):
+        cached = calibration.cache_path(name)
+        measured = calibration.ceilings(name, force=force)
+        say(f"{name} ({measured['device_name']}, torch {measured['torch']}): "
+            f"{ceiling_text(measured)}")
+        say(f"  measured {measured['measured_at']} in {measured['measure_s']} s, "
+            f"cached in {cached}")
+        if warning := calibration.busy_warning(measured):
+            say(f"  warning: {warning}")
+    return 0
+
+
+def list_implementations(layer: str | None, run: RunOptions) -> int:
+    """The ``list`` command: layers, their implementations and what each supports."""
+    load_impl_files(run.impl_files)
+    layers = layer_names((layer,)) if layer is not None else layer_names(("all",))
+    own = str(PROJECT_ROOT / "impls")
+    rows = []
+    for name in layers:
+        spec = REGISTRY.layer(name)
+        for impl in REGISTRY.impls(name):
+            notes = " ".join(filter(None, (impl.description, impl.notes,
+                                           "[naive loop: budgeted]" if impl.naive else "")))
+            if not impl.source.startswith(own):
+                notes += f" (from {impl.source})"
+            rows.append({"layer": name, "impl": impl.name, "devices": sorted(impl.devices),
+                         "dtypes": [n for n, d in DTYPE_NAMES.items() if d in impl.dtypes],
+                         "modes": [m for m in MODES if m in impl.modes and m in spec.modes],
+                         "compile": impl.compilable, "notes": notes})
+    console().print(impl_table(rows))
+    return 0
+
+
+def _params(config: BenchConfig) -> list[str]:
+    return [p for name in config.layers for p in REGISTRY.layer(name).params]
+
+
+def _set_threads(threads: int) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _report(run_dir: Path) -> None:
+    """Build the run's report; a failure here is reported but never loses the results."""
+    from reports.report import build_report
+
+    try:
+        paths = build_report(run_dir)
+    except Exception as exc:  # the results are on disk: say so and keep the exit code
+        say(f"report failed ({type(exc).__name__}: {exc}); retry with "
+            f"`python cli.py report {run_dir}`")
+        return
+    say(f"report: {paths[0]} ({len(paths) - 2} figures)")
