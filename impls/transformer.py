@@ -353,30 +353,11 @@ TRANSFORMER = register_layer(TransformerModel())
 # --- implementations: one per attention implementation (torch_layers: impls.transformer_torch)
 
 
-def _encoder_impl(attention: AttentionFn) -> Callable[..., Tensor]:
-    def impl(src_seq: Tensor, src_mask: Tensor, emb: Tensor, pos_table: Tensor, pad_idx: int,
-             n_head: int, scale_emb: bool, **weights: Tensor) -> Tensor:
-        layers = seed_layers(n_head, attention)
-        return encoder_forward(src_seq, src_mask, emb, pos_table, weights, "", pad_idx,
-                               scale_emb, layers[0])
-    return impl
-
-
-def _decoder_impl(attention: AttentionFn) -> Callable[..., Tensor]:
-    def impl(trg_seq: Tensor, trg_mask: Tensor, enc_output: Tensor, src_mask: Tensor,
-             emb: Tensor, pos_table: Tensor, pad_idx: int, n_head: int, scale_emb: bool,
-             **weights: Tensor) -> Tensor:
-        layers = seed_layers(n_head, attention)
-        return decoder_forward(trg_seq, trg_mask, enc_output, src_mask, emb, pos_table,
-                               weights, "", pad_idx, scale_emb, layers[1])
-    return impl
-
-
-def _transformer_impl(attention: AttentionFn) -> Callable[..., Tensor]:
-    def impl(src_seq: Tensor, trg_seq: Tensor, emb: Tensor, pos_table: Tensor, pad_idx: int,
-             n_head: int, scale_emb_or_prj: str, **weights: Tensor) -> Tensor:
-        return transformer_forward(src_seq, trg_seq, emb, pos_table, weights, pad_idx,
-                                   scale_emb_or_prj, seed_layers(n_head, attention))
+def _with_attention(layer: _TransformerPart, attention: AttentionFn) -> Callable[..., Tensor]:
+    """``layer``'s computation (the reference's structure) with ``attention`` in every
+    multi-head attention sublayer."""
+    def impl(**inputs: Any) -> Tensor:
+        return layer.run(seed_layers(inputs["n_head"], attention), **inputs)
     return impl
 
 
@@ -389,12 +370,11 @@ _FAMILY_NOTES = {"matmul": "float16 fails: the notes' masked_fill(-1e9) does not
 def _register_family(base: Impl) -> None:
     """``encoder``, ``decoder`` and ``transformer`` implementations named after the attention
     implementation ``base`` and computed with it, with its devices, dtypes and naivety."""
-    for layer, make in (("encoder", _encoder_impl), ("decoder", _decoder_impl),
-                        ("transformer", _transformer_impl)):
-        fn = make(base.fn)
-        fn.__name__ = fn.__qualname__ = f"{layer}_{base.name}"
+    for layer in (ENCODER, DECODER, TRANSFORMER):
+        fn = _with_attention(layer, base.fn)
+        fn.__name__ = fn.__qualname__ = f"{layer.name}_{base.name}"
         fn.__doc__ = f"The notes' structure, attention/{base.name}: {base.description}"
-        register_impl(layer, base.name, devices=tuple(base.devices), dtypes=tuple(base.dtypes),
+        register_impl(layer.name, base.name, devices=tuple(base.devices), dtypes=tuple(base.dtypes),
                       modes=tuple(base.modes), naive=base.naive, compilable=base.compilable,
                       notes=_FAMILY_NOTES.get(base.name, ""), parts=(("attention", base.name),),
                       replace=True)(fn)
