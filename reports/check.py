@@ -22,7 +22,7 @@ import pandas as pd
 
 from reports.compare import Comparison, compare_runs
 from reports.console import say
-from reports.schema import KEY_COLUMNS, TIMED, RunDataError, is_baseline, load_run
+from reports.schema import KEY_COLUMNS, TIMED, RunDataError, baseline_rows, load_run
 
 NOISE_FILE = "noise.csv"
 NOISE_COLUMNS = [*KEY_COLUMNS, "repeats", "noise_abs", "noise_rel"]
@@ -39,8 +39,7 @@ def case_noise(run_dirs: list[Path]) -> pd.DataFrame:
     for i, run_dir in enumerate(run_dirs):
         results, _ = load_run(run_dir)
         timed = results[results["status"].isin(TIMED) & (results["median_ms"] > 0)]
-        builtin = timed[[is_baseline(i, c) for i, c in zip(timed["impl"], timed["compile"],
-                                                            strict=True)]]
+        builtin = timed[baseline_rows(timed)]
         ref = builtin.set_index(REF_KEY)["median_ms"].rename("builtin_ms")
         timed = timed.join(ref, on=REF_KEY)
         medians.append(timed.assign(repeat=i, rel=timed["median_ms"] / timed["builtin_ms"]))

@@ -42,7 +42,7 @@ from reports.figures import (
     variant_pairs,
 )
 from reports.profile_plots import PROFILE_DRAWERS
-from reports.schema import precision
+from reports.schema import baseline_rows, precision
 from reports.style import STATUS_COLORS, Palette, palette, variant
 
 ERR_FLOOR = 1e-10  # where an error of exactly 0 is drawn, so a log axis can show it
@@ -127,7 +127,7 @@ def _predicted(rows: pd.DataFrame) -> pd.DataFrame:
 def _speedup(layer: LayerData) -> Drawn | None:
     t = layer.timed
     data = t[positive(t["speedup_vs_builtin"])
-             & ~((t["impl"] == "builtin") & (t["compile"] == "none"))]
+             & ~baseline_rows(t)]
     if data.empty:
         return None
     cases, pos = positions(layer.cases, data)

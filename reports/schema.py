@@ -51,6 +51,11 @@ def is_baseline(impl: str, compile_mode: str) -> bool:
     return impl == BASELINE_IMPL and compile_mode == "none"
 
 
+def baseline_rows(frame: pd.DataFrame) -> pd.Series:
+    """``is_baseline`` of every row of a frame with ``impl`` and ``compile`` columns."""
+    return (frame["impl"] == BASELINE_IMPL) & (frame["compile"] == "none")
+
+
 def device_kind(device: str) -> str:
     """``cuda:1`` -> ``cuda``: the kind of a device as written in the run files."""
     return device.partition(":")[0]
