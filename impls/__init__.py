@@ -34,6 +34,7 @@ from impls.attention import ScaledDotProductAttention  # noqa: E402
 from impls.bn import MyBatchNorm2d  # noqa: E402
 from impls.cnn import MyCNN  # noqa: E402
 from impls.conv import MyConv2d  # noqa: E402
+from impls.ffn import PositionwiseFeedForward  # noqa: E402
 from impls.mha import MultiHeadAttention  # noqa: E402
 from impls.rnn import myRNN  # noqa: E402
 from impls.transformer_modules import (  # noqa: E402
@@ -42,7 +43,6 @@ from impls.transformer_modules import (  # noqa: E402
     Encoder,
     EncoderLayer,
     PositionalEncoding,
-    PositionwiseFeedForward,
     Transformer,
 )
 

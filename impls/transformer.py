@@ -28,6 +28,8 @@ import torch
 from torch import Tensor
 
 from impls.attention import LAYER as ATTENTION
+from impls.ffn import LAYER as FFN
+from impls.mha import LAYER as MHA
 from impls.mha import AttentionFn, per_head_sizes
 from impls.registry import (
     REGISTRY,
@@ -99,14 +101,15 @@ def _tokens(generator: torch.Generator, N: int, length: int, n_vocab: int,
 
 
 def _mha_flops(N: int, len_q: int, len_k: int, p: Params) -> int:
-    D, H, d_k, d_v = p["d_model"], p["n_head"], p["d_k"], p["d_v"]
-    projections = 2 * N * D * H * (len_q * d_k + len_k * (d_k + d_v) + len_q * d_v)
-    scores_and_values = 2 * N * H * len_q * len_k * (d_k + d_v)
-    return projections + scores_and_values
+    """Forward FLOPs of one attention sublayer: the ``mha`` layer's count."""
+    return MHA.flops({"N": N, "len_q": len_q, "len_k": len_k, "d_model": p["d_model"],
+                      "n_head": p["n_head"], "d_k": p["d_k"], "d_v": p["d_v"], "mask": 0}, "fwd")
 
 
 def _ffn_flops(N: int, length: int, p: Params) -> int:
-    return 4 * N * length * p["d_model"] * p["d_inner"]
+    """Forward FLOPs of one feed-forward sublayer: the ``ffn`` layer's count."""
+    return FFN.flops({"N": N, "len": length, "d_model": p["d_model"],
+                      "d_inner": p["d_inner"]}, "fwd")
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -1,18 +1,19 @@
 """The repository's Transformer nn.Modules, each attention computed by a chosen implementation.
 
-PositionalEncoding, PositionwiseFeedForward, EncoderLayer, DecoderLayer, Encoder, Decoder and
-Transformer mirror jadore801120/attention-is-all-you-need-pytorch, parameter names included, so
-its ``state_dict`` loads; ``impl=`` picks the registered attention implementation of every
-MultiHeadAttention (``impls.mha``). Dropout is the repository's: active in training mode.
+PositionalEncoding, EncoderLayer, DecoderLayer, Encoder, Decoder and Transformer mirror
+jadore801120/attention-is-all-you-need-pytorch, parameter names included, so its ``state_dict``
+loads; ``impl=`` picks the registered attention implementation of every MultiHeadAttention
+(``impls.mha``); the PositionwiseFeedForward is ``impls.ffn``'s. Dropout is the repository's:
+active in training mode.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from impls.ffn import PositionwiseFeedForward
 from impls.layernorm import LN_EPS
 from impls.mha import MultiHeadAttention
 from impls.transformer_parts import (
@@ -36,21 +37,6 @@ class PositionalEncoding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return add_positions(x, self.pos_table[0].detach())  # (N, len, d_hid)
-
-
-class PositionwiseFeedForward(nn.Module):
-    """``LayerNorm(x + w_2(relu(w_1(x))))``, biased linears, eps 1e-6."""
-
-    def __init__(self, d_in: int, d_hid: int, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.w_1 = nn.Linear(d_in, d_hid)
-        self.w_2 = nn.Linear(d_hid, d_in)
-        self.layer_norm = nn.LayerNorm(d_in, eps=LN_EPS)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.dropout(self.w_2(F.relu(self.w_1(x)))) + x  # (N, len, d_in)
-        return self.layer_norm(out)
 
 
 class EncoderLayer(nn.Module):

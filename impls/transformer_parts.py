@@ -7,7 +7,8 @@ post-norm sublayers ``LayerNorm(x + sublayer(x))`` with eps 1e-6; boolean masks,
 attend; temperature ``d_k ** 0.5``; a sinusoid table of ``n_position = 200`` rows; the front end
 embedding (padding_idx) -> optional ``* sqrt(d_model)`` -> + positions -> dropout -> LayerNorm;
 no LayerNorm after either stack. The functions have no dropout (every benchmark and check runs
-with it off). Every attention sublayer is ``impls.mha.multi_head_attention``.
+with it off). Every attention sublayer is ``impls.mha.multi_head_attention``, every
+feed-forward sublayer ``impls.ffn.positionwise_feed_forward``.
 
 Weights use ``nn.Linear``'s ``(out_features, in_features)`` layout and are stacked over the
 layers, so a stack is a fixed set of tensors whatever ``n_layers`` is: ``slf_w_qs (n_layers,
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from impls.ffn import _clear_kinks, positionwise_feed_forward
 from impls.layernorm import LN_EPS
 from impls.mha import AttentionFn, multi_head_attention
 
@@ -45,7 +47,8 @@ class AttnWeights(NamedTuple):
 
 
 class FFNWeights(NamedTuple):
-    """One PositionwiseFeedForward sublayer: two biased linears and its LayerNorm."""
+    """One PositionwiseFeedForward sublayer: two biased linears and its LayerNorm, in the
+    order ``impls.ffn.positionwise_feed_forward`` takes them."""
 
     w_1: Tensor  # (d_inner, d_model)
     b_1: Tensor  # (d_inner,)
@@ -127,18 +130,11 @@ def mha_sublayer(q_in: Tensor, kv_in: Tensor, mask: Tensor | None, w: AttnWeight
     return multi_head_attention(q_in, kv_in, kv_in, mask, *w, n_head, d_k, d_v, attention)[0]
 
 
-def positionwise_feed_forward(x: Tensor, w: FFNWeights) -> Tensor:
-    """``LayerNorm(x + w_2(relu(w_1(x))))`` on ``x (N, len, d_model)``."""
-    hidden = F.relu(F.linear(x, w.w_1, w.b_1))  # (N, len, d_inner)
-    return F.layer_norm(F.linear(hidden, w.w_2, w.b_2) + x, (x.size(-1),), w.ln_w, w.ln_b,
-                        eps=LN_EPS)
-
-
 def encoder_layer(x: Tensor, slf_attn_mask: Tensor | None, slf: AttnWeights, ffn: FFNWeights,
                   *, n_head: int, attention: AttentionFn) -> Tensor:
     """EncoderLayer: self-attention, then the feed-forward sublayer. ``(N, len, d_model)``."""
     x = mha_sublayer(x, x, slf_attn_mask, slf, n_head, attention)
-    return positionwise_feed_forward(x, ffn)
+    return positionwise_feed_forward(x, *ffn)
 
 
 def decoder_layer(x: Tensor, enc_output: Tensor, slf_attn_mask: Tensor | None,
@@ -148,7 +144,7 @@ def decoder_layer(x: Tensor, enc_output: Tensor, slf_attn_mask: Tensor | None,
     d_model)``, then the feed-forward sublayer. ``(N, trg_len, d_model)``."""
     x = mha_sublayer(x, x, slf_attn_mask, slf, n_head, attention)
     x = mha_sublayer(x, enc_output, dec_enc_attn_mask, enc, n_head, attention)
-    return positionwise_feed_forward(x, ffn)
+    return positionwise_feed_forward(x, *ffn)
 
 
 EncoderLayerFn = Callable[[Tensor, Tensor | None, AttnWeights, FFNWeights], Tensor]
@@ -236,41 +232,16 @@ def transformer_forward(src_seq: Tensor, trg_seq: Tensor, emb: Tensor, pos_table
 # --- inputs clear of the ReLU's kink -------------------------------------------------------
 
 
-#: no ReLU pre-activation of the inputs lies within this fraction of their RMS from the kink
-KINK_MARGIN = 1e-4
-
-
-def _clear_kinks(x: Tensor, w_1: Tensor, b_1: Tensor) -> Tensor:
-    """``b_1 (d_inner,)`` nudged up until no token's pre-activation ``x w_1^T + b_1`` lies
-    within ``KINK_MARGIN`` (relative to their RMS) of the ReLU's kink at zero.
-
-    Why: a pre-activation within float32 rounding (~1e-6) of zero can take the other side of
-    the kink in float32 than in the float64 reference. The forward hardly notices, but that
-    unit's gradient switches on or off, which moves the weight gradients by ~1e-3 relative: a
-    false "incorrect". Unconditioned, the repository's model on 8 x 32 tokens (3 million
-    pre-activations per call) hits one such unit in about one trial in 15.
-    """
-    h = F.linear(x, w_1).flatten(0, -2)  # (N * len, d_inner), without the bias
-    margin = KINK_MARGIN * float(h.pow(2).mean().sqrt())
-    b = b_1.clone()
-    for _ in range(1000):  # each step clears a unit's near tokens; few ever need a second one
-        near = ((h + b).abs() < margin).any(0)  # (d_inner,)
-        if not bool(near.any()):
-            break
-        b = torch.where(near, b + 3 * margin, b)
-    return b
-
-
 def _ffn_clear_of_kinks(x: Tensor, ffn: FFNWeights) -> Tensor:
     ffn.b_1.copy_(_clear_kinks(x, ffn.w_1, ffn.b_1))  # a view into the stacked ffn_b_1
-    return positionwise_feed_forward(x, ffn)
+    return positionwise_feed_forward(x, *ffn)
 
 
 def kink_free_layers(n_head: int, attention: AttentionFn) -> tuple[EncoderLayerFn,
                                                                     DecoderLayerFn]:
     """The layers with ``attention``, each nudging its FFN's ``b_1`` (in place) clear of the
-    ReLU's kink for the input it sees, before applying it: how the layers' ``make_inputs``
-    condition their random weights."""
+    ReLU's kink for the input it sees (``impls.ffn._clear_kinks``, which says why), before
+    applying it: how the layers' ``make_inputs`` condition their random weights."""
 
     def encoder(x: Tensor, mask: Tensor | None, slf: AttnWeights, ffn: FFNWeights) -> Tensor:
         x = mha_sublayer(x, x, mask, slf, n_head, attention)

@@ -14,6 +14,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from impls import MODES, REGISTRY, CaseInputs, Impl, Layer
+from impls.registry import dtype_name
 from suites.correctness import TOLERANCES, check
 from suites.presets import PRESET_NAMES, notes_size, preset_table
 
@@ -70,12 +71,14 @@ def test_every_implementation_matches_the_reference(layer: Layer, impl: Impl,
         assert set(trial.ref_grads) == set(trial.inputs.grad) != set()
 
 
-@pytest.mark.parametrize(("layer", "impl"), [
-    pytest.param(layer, impl, id=f"{layer.name}-{impl.name}")
+@pytest.mark.parametrize(("layer", "impl", "dtype"), [
+    pytest.param(layer, impl, dtype, id=f"{layer.name}-{impl.name}-{dtype_name(dtype)}")
     for layer in REGISTRY.layers() for impl in REGISTRY.impls(layer.name)
-    if "cpu" in impl.devices and torch.bfloat16 in impl.dtypes])
-def test_every_implementation_passes_in_bfloat16(layer: Layer, impl: Impl) -> None:
-    verdict, _ = check(impl.fn, layer, _small(layer)[0], [0], torch.bfloat16, "cpu", "fwd")
+    for dtype in (torch.float64, torch.bfloat16)
+    if "cpu" in impl.devices and dtype in impl.dtypes])
+def test_every_implementation_passes_in_float64_and_bfloat16(layer: Layer, impl: Impl,
+                                                            dtype: torch.dtype) -> None:
+    verdict, _ = check(impl.fn, layer, _small(layer)[0], [0], dtype, "cpu", "fwd")
     assert verdict.ok, verdict.problems
 
 
@@ -146,10 +149,22 @@ def test_check_rejects_missing_and_unknown_parameters(layer: str) -> None:
         spec.check({**notes, "bogus": 1})
 
 
+#: dimensions the presets keep equal that a FLOP formula must still tell apart (d_k and d_v)
+UNEQUAL = {name: {"d_v": 4} for name in ("attention", "mha", "encoder", "decoder",
+                                         "transformer")}
+
+
 def _flop_cases() -> list[pytest.param]:
-    return [pytest.param(layer, size, mode, id=f"{layer.name}-{mode}-{layer.label(size)}")
-            for layer in REGISTRY.layers() if layer.name not in ESTIMATED_FLOPS
-            for size in _small(layer) for mode in layer.modes]
+    cases = []
+    for layer in REGISTRY.layers():
+        if layer.name in ESTIMATED_FLOPS:
+            continue
+        sizes = _small(layer)
+        if layer.name in UNEQUAL:
+            sizes = [*sizes, {**sizes[0], **UNEQUAL[layer.name]}]
+        cases += [pytest.param(layer, size, mode, id=f"{layer.name}-{mode}-{layer.label(size)}")
+                  for size in sizes for mode in layer.modes]
+    return cases
 
 
 @pytest.mark.parametrize(("layer", "size", "mode"), _flop_cases())
