@@ -13,7 +13,6 @@ from collections.abc import Iterable
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
 
 # The exact U distribution is used up to this many (a, b) pairs (when nothing is tied); beyond
 # that the normal approximation is within ~1e-3 of the exact p-value.
@@ -39,6 +38,8 @@ def mann_whitney_greater(a: ArrayLike, b: ArrayLike) -> float:
         return 1.0
     ties = len(np.unique(both)) < n + m
     method = "exact" if not ties and n * m <= EXACT_MAX_PAIRS else "asymptotic"
+    from scipy import stats  # ~0.7 s to import: only when runs are compared
+
     # scipy's U is that of its first sample: b, so "greater" is P(U_b >= u).
     return float(stats.mannwhitneyu(y, x, alternative="greater", method=method).pvalue)
 
@@ -74,6 +75,8 @@ def ratio_ci(a: ArrayLike, b: ArrayLike, confidence: float = 0.95, resamples: in
         data, statistic = (x,), lambda v, axis=-1: _median_ratio(v, y, axis)
     else:
         data, statistic = (x, y), _median_ratio
+    from scipy import stats
+
     # random_state= (not rng=, scipy >= 1.15) keeps scipy 1.11 working; a Generator either way.
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         # A zero median gives inf or NaN ratios (and a NaN bound a DegenerateDataWarning).
