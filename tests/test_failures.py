@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -129,34 +131,30 @@ def _check_complete(run_dir: Path) -> None:
         assert counts.get(key, 0) == row.n_samples, key
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
-def test_an_interrupted_run_keeps_its_rows_and_resumes(tmp_path: Path,
-                                                       sig: signal.Signals) -> None:
-    run_dir, proc = _interrupt(tmp_path, sig)
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130, describe(proc)
-        assert "results.csv" in proc.stderr and "--resume" in proc.stderr
-    else:
-        assert proc.returncode == -signal.SIGKILL
-    _, rows = read_csv(run_dir / "results.csv")
-    assert 0 < len(rows) < len(_planned_keys()), "interrupted before the end"
-    assert all(None not in row.values() for row in rows)  # no half-written line
-    load_run(run_dir)  # a valid file
-    resumed = subprocess.run([sys.executable, "cli.py", "bench", "--resume", str(run_dir),
-                              "--quiet", "--no-report"], cwd=ROOT, env=cli_env(),
-                             capture_output=True, text=True, timeout=300, check=False)
-    assert resumed.returncode == 0, describe(resumed)
-    assert f"{len(rows)} of {len(_planned_keys())} cases already done" in resumed.stderr
-    _check_complete(run_dir)
-    finished = read_csv(run_dir / "results.csv")[1]
-    assert finished[:len(rows)] == rows  # the first part is kept as it was
-    meta = json.loads((run_dir / "meta.json").read_text(encoding="utf-8"))
-    assert meta["resumed"] and meta["end_time"]
+@dataclass
+class Scenario:
+    """A long run cut short one way, then resumed: what each step left."""
+
+    run_dir: Path
+    first: subprocess.CompletedProcess[str]  # the run that was cut short
+    rows: list[dict[str, str]]  # results.csv as the cut left it
+    resumed: subprocess.CompletedProcess[str]
 
 
-def test_resume_repairs_a_line_cut_short(tmp_path: Path) -> None:
-    """A power cut mid-write: the partial row and orphan samples go, the case runs again."""
-    out = tmp_path / "out"
+def _resume(run_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "cli.py", "bench", "--resume", str(run_dir),
+                           "--quiet", "--no-report"], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def _interrupted(out: Path, sig: signal.Signals) -> Scenario:
+    run_dir, proc = _interrupt(out, sig)
+    rows = read_csv(run_dir / "results.csv")[1]
+    return Scenario(run_dir, proc, rows, _resume(run_dir))
+
+
+def _power_cut(out: Path) -> Scenario:
+    """The whole run, then its last row cut in the middle and an orphan sample added."""
     proc = subprocess.run([sys.executable, "cli.py", *map(str, LONG), "--out", str(out)],
                           cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300,
                           check=False)
@@ -167,9 +165,44 @@ def test_resume_repairs_a_line_cut_short(tmp_path: Path) -> None:
     results.write_text("".join(lines[:-2]) + lines[-2][:25], encoding="utf-8")  # 2 cases lost
     with (run_dir / "samples.csv").open("a", newline="", encoding="utf-8") as f:
         csv.writer(f).writerow(["conv", "ghost", "none", "cpu", "float32", "fwd", "N1", 0, 1.0])
-    resumed = subprocess.run([sys.executable, "cli.py", "bench", "--resume", str(run_dir),
-                              "--quiet", "--no-report"], cwd=ROOT, env=cli_env(),
-                             capture_output=True, text=True, timeout=300, check=False)
+    return Scenario(run_dir, proc, read_csv(results)[1], _resume(run_dir))
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenario]:
+    """The three scenarios at once (each is mostly process start-up and sleeps)."""
+    root = tmp_path_factory.mktemp("interrupted")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {sig.name: pool.submit(_interrupted, root / sig.name, sig)
+                   for sig in (signal.SIGINT, signal.SIGKILL)}
+        futures["power-cut"] = pool.submit(_power_cut, root / "power-cut")
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_an_interrupted_run_keeps_its_rows_and_resumes(scenarios: dict[str, Scenario],
+                                                       sig: signal.Signals) -> None:
+    found = scenarios[sig.name]
+    run_dir, proc, rows, resumed = found.run_dir, found.first, found.rows, found.resumed
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, describe(proc)
+        assert "results.csv" in proc.stderr and "--resume" in proc.stderr
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert 0 < len(rows) < len(_planned_keys()), "interrupted before the end"
+    assert all(None not in row.values() for row in rows)  # no half-written line
+    assert resumed.returncode == 0, describe(resumed)
+    assert f"{len(rows)} of {len(_planned_keys())} cases already done" in resumed.stderr
+    _check_complete(run_dir)
+    finished = read_csv(run_dir / "results.csv")[1]
+    assert finished[:len(rows)] == rows  # the first part is kept as it was
+    meta = json.loads((run_dir / "meta.json").read_text(encoding="utf-8"))
+    assert meta["resumed"] and meta["end_time"]
+
+
+def test_resume_repairs_a_line_cut_short(scenarios: dict[str, Scenario]) -> None:
+    """A power cut mid-write: the partial row and orphan samples go, the case runs again."""
+    resumed = scenarios["power-cut"].resumed
     assert resumed.returncode == 0, describe(resumed)
     assert "2 cases -> " in resumed.stderr, resumed.stderr
-    _check_complete(run_dir)
+    _check_complete(scenarios["power-cut"].run_dir)
