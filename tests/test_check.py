@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from reports.check import (
 )
 from reports.compare import compare_runs
 from reports.schema import RunDataError, load_run
-from tests._cli import Jobs, describe, invoke, one_line_error, run_cli
+from tests._cli import Job, Jobs, describe, invoke, one_line_error, run_cli
 from tests._runs import FakeCase, fake_run, noisy
 
 # --- noise and verdicts on fabricated runs ---------------------------------------------------
@@ -156,69 +156,97 @@ SLOW = "[F.max_pool2d(x, k) for _ in range(30)][-1]"  # the same result, 30 time
 SAVE = ("--layer", "pool", "--repeats", "2", "--min-time", "0.05", "--threads", "1", "--quiet")
 
 
+@dataclass(frozen=True)
+class Saved:
+    """A baseline of the pool layer with the user's file ``mine`` (two correct impls)."""
+
+    root: Path
+    baseline: Path
+    mine: Path
+
+
 @pytest.fixture(scope="module")
-def checks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Saved:
     root = tmp_path_factory.mktemp("check")
     mine = root / "mine.py"
     mine.write_text(POOL_IMPL.format(mine=GOOD, other=GOOD), encoding="utf-8")
     baseline = root / "baseline"
-    saved = run_cli("check", "--save-baseline", "--baseline", baseline, "--impl-file", mine,
-                    *SAVE, "--out", root / "aa")
-    assert saved.returncode == 0, describe(saved)
-    drifted = root / "drifted"  # as if the machine had been 10x faster for unfold back then
-    shutil.copytree(baseline, drifted)
+    proc = run_cli("check", "--save-baseline", "--baseline", baseline, "--impl-file", mine,
+                   *SAVE, "--out", root / "aa")
+    assert proc.returncode == 0, describe(proc)
+    return Saved(root, baseline, mine)
+
+
+def _copy(saved: Saved, name: str, impl_file: Path | None = None) -> Path:
+    """A copy of the baseline; ``impl_file``: the file its configuration names instead (as if
+    the user's file had been edited since; the copy stored in code.tar.gz stays as it was)."""
+    copy = saved.root / name
+    shutil.copytree(saved.baseline, copy)
+    if impl_file is not None:
+        meta = json.loads((copy / "meta.json").read_text(encoding="utf-8"))
+        meta["config"]["impl_files"] = [str(impl_file)]
+        (copy / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    return copy
+
+
+@pytest.fixture(scope="module")
+def changed(saved: Saved) -> Job:
+    """The user's file changed: mine does 30 times the work (same result), other is wrong."""
+    mine = saved.root / "mine_changed.py"
+    mine.write_text(POOL_IMPL.format(mine=SLOW, other=WRONG), encoding="utf-8")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        jobs = Jobs(saved.root / "changed-out", pool)
+        jobs.add("changed", "check", "--baseline", _copy(saved, "changed", mine),
+                 "--remeasure", "1", "--quiet", "--out", "{out}")
+        jobs["changed"].proc  # noqa: B018
+    return jobs["changed"]
+
+
+@pytest.fixture(scope="module")
+def drifted(saved: Saved) -> Job:
+    """Unchanged code against a baseline recorded when unfold ran 10x faster: an A/A check of
+    every other case, and a drift the paired re-measurement must see through."""
+    baseline = _copy(saved, "drifted")
     for name, columns in (("samples.csv", ["seconds"]), ("results.csv", ["median_ms"])):
-        frame = pd.read_csv(drifted / name, keep_default_na=False, na_values=[""])
+        frame = pd.read_csv(baseline / name, keep_default_na=False, na_values=[""])
         frame.loc[frame["impl"] == "unfold", columns] *= 0.1
-        frame.to_csv(drifted / name, index=False)
-    summary = root / "step-summary.md"
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        jobs = Jobs(root / "jobs", pool)
-        # The checks that time cases run one at a time (the input errors beside them exit
-        # before timing anything): a paired round of a tiny case is only as steady as the
-        # machine between its two halves.
-        # (the drift is 10x; a bar of 1.5 keeps a tiny case's process-to-process noise out)
-        # (and a relative --out, as in .ci/run: the stored code runs in a directory below it)
-        jobs.add("drifted", "check", "--baseline", drifted, "--threshold", "0.5", "--quiet",
-                 "--out", "{relout}")
+        frame.to_csv(baseline / name, index=False)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        jobs = Jobs(saved.root / "drifted-out", pool)
+        # (a bar of 1.5 keeps a tiny case's process-to-process noise out; a relative --out,
+        # as in .ci/run: the stored code runs in a directory below it)
+        jobs.add("drifted", "check", "--baseline", baseline, "--threshold", "0.5", "--quiet",
+                 "--out", "{relout}",
+                 env={"GITHUB_STEP_SUMMARY": str(saved.root / "step-summary.md")})
         jobs["drifted"].proc  # noqa: B018
-        jobs.add("a-a", "check", "--baseline", baseline, "--threshold", "1.0", "--quiet",
-                 "--out", "{out}", env={"GITHUB_STEP_SUMMARY": str(summary)})
-        jobs["a-a"].proc  # noqa: B018 - wait: the next check changes the file
-        # mine: 30 times the work, the same result; other: a wrong result
-        mine.write_text(POOL_IMPL.format(mine=SLOW, other=WRONG), encoding="utf-8")
-        jobs.add("changed", "check", "--baseline", baseline, "--remeasure", "1", "--quiet",
-                 "--out", "{out}")
-        jobs.summary = summary  # type: ignore[attr-defined]
-        jobs.mine = mine  # type: ignore[attr-defined]
-        jobs.baseline = baseline  # type: ignore[attr-defined]
-        yield jobs
+    return jobs["drifted"]
 
 
-def test_unchanged_code_passes_its_own_baseline(checks: Jobs) -> None:
-    proc = checks["a-a"].proc
+@pytest.mark.gate
+def test_unchanged_code_passes_its_own_baseline(saved: Saved, drifted: Job) -> None:
+    proc = drifted.proc
     assert proc.returncode == 0, describe(proc)
     assert "PASS" in proc.stdout
-    check_dir = next(checks["a-a"].out.iterdir())
+    check_dir = next(drifted.out.iterdir())
     for name in ("check.md", "compare.csv", "compare.html", "compare.png"):
         assert (check_dir / name).stat().st_size > 0
-    summary = checks.summary.read_text(encoding="utf-8")  # type: ignore[attr-defined]
+    summary = (saved.root / "step-summary.md").read_text(encoding="utf-8")
     assert "## layerbench check: PASS" in summary
 
 
-def test_a_slower_implementation_fails_after_re_measurement(checks: Jobs) -> None:
-    proc = checks["changed"].proc
+def test_a_slower_implementation_fails_after_re_measurement(saved: Saved, changed: Job) -> None:
+    proc = changed.proc
     assert proc.returncode == 1, describe(proc)
     flagged = [line for line in proc.stdout.splitlines()
                if line.startswith("REGRESSION pool/mine")]
     assert flagged, proc.stdout
     assert all("confirmed by 1 re-measurement(s) against the baseline's code" in line
                for line in flagged), flagged
-    check_dir = next(checks["changed"].out.iterdir())
+    check_dir = next(changed.out.iterdir())
     stored = check_dir / "baseline-code" / "impl_files" / "0_mine.py"
     assert stored.read_text(encoding="utf-8") == POOL_IMPL.format(mine=GOOD, other=GOOD)
     # the baseline's copy of the file, then the changed file, timed one after the other
-    for run, path in (("baseline-1", stored), ("remeasure-1", checks.mine)):  # type: ignore
+    for run, path in (("baseline-1", stored), ("remeasure-1", saved.root / "mine_changed.py")):
         meta = json.loads((check_dir / run / "meta.json").read_text(encoding="utf-8"))
         assert [Path(f) for f in meta["config"]["impl_files"]] == [path.resolve()], run
     frame = pd.read_csv(check_dir / "compare.csv")
@@ -226,8 +254,8 @@ def test_a_slower_implementation_fails_after_re_measurement(checks: Jobs) -> Non
     assert not ratios.empty and all(r > 3.0 for r in ratios)
 
 
-def test_a_result_that_became_wrong_always_fails(checks: Jobs) -> None:
-    proc = checks["changed"].proc
+def test_a_result_that_became_wrong_always_fails(changed: Job) -> None:
+    proc = changed.proc
     assert proc.returncode == 1, describe(proc)
     wrong = [line for line in proc.stdout.splitlines() if line.startswith("REGRESSION pool/other")]
     assert wrong and all("correctness changed" in line for line in wrong), proc.stdout
@@ -237,20 +265,21 @@ def test_a_result_that_became_wrong_always_fails(checks: Jobs) -> None:
                                              ("other-layer", "not in the baseline"),
                                              ("impl-file-alone", "--save-baseline"),
                                              ("unknown-layer", "nolayer")])
-def test_bad_check_input_exits_2(checks: Jobs, tmp_path: Path, name: str, words: str) -> None:
-    baseline: Path = checks.baseline  # type: ignore[attr-defined]
+def test_bad_check_input_exits_2(saved: Saved, tmp_path: Path, name: str, words: str) -> None:
+    baseline = saved.baseline
     args = {"missing": ("--baseline", baseline.parent / "nothing"),
             "other-layer": ("--baseline", baseline, "--layer", "conv"),
-            "impl-file-alone": ("--baseline", baseline, "--impl-file", checks.mine),  # type: ignore[attr-defined]
+            "impl-file-alone": ("--baseline", baseline, "--impl-file", saved.mine),
             "unknown-layer": ("--baseline", baseline, "--layer", "nolayer")}[name]
     assert words in one_line_error(invoke("check", *args, "--out", tmp_path))
     assert not list(tmp_path.iterdir())
 
 
-def test_a_drifted_baseline_passes_against_its_own_code(checks: Jobs) -> None:
-    proc = checks["drifted"].proc
+@pytest.mark.gate
+def test_a_drifted_baseline_passes_against_its_own_code(drifted: Job) -> None:
+    proc = drifted.proc
     assert proc.returncode == 0, describe(proc)
-    check_dir = next(checks["drifted"].out.iterdir())
+    check_dir = next(drifted.out.iterdir())
     frame = pd.read_csv(check_dir / "compare.csv", keep_default_na=False)
     remeasured = frame[frame["note"].str.contains("re-measurement")]
     assert "unfold" in set(remeasured["impl"]), frame["note"]
