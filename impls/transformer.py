@@ -19,6 +19,7 @@ The repository's nn.Modules are in ``impls.transformer_modules``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import abstractmethod
 from collections.abc import Callable, Collection
@@ -37,7 +38,6 @@ from impls.registry import (
     Impl,
     Layer,
     Params,
-    register_impl,
     register_layer,
 )
 from impls.transformer_parts import (
@@ -372,15 +372,16 @@ _FAMILY_NOTES = {"matmul": "float16 fails: the notes' masked_fill(-1e9) does not
 
 def _register_family(base: Impl) -> None:
     """``encoder``, ``decoder`` and ``transformer`` implementations named after the attention
-    implementation ``base`` and computed with it, with its devices, dtypes and naivety."""
+    implementation ``base`` and computed with it, with its devices, dtypes, naivety and source
+    (``list`` names a user's file)."""
     for layer in (ENCODER, DECODER, TRANSFORMER):
         fn = _with_attention(layer, base.fn)
         fn.__name__ = fn.__qualname__ = f"{layer.name}_{base.name}"
         fn.__doc__ = f"The notes' structure, attention/{base.name}: {base.description}"
-        register_impl(layer.name, base.name, devices=tuple(base.devices), dtypes=tuple(base.dtypes),
-                      modes=tuple(base.modes), naive=base.naive, compilable=base.compilable,
-                      notes=_FAMILY_NOTES.get(base.name, ""), parts=(("attention", base.name),),
-                      replace=True)(fn)
+        REGISTRY.add_impl(dataclasses.replace(
+            base, layer=layer.name, fn=fn, modes=base.modes & set(layer.modes),
+            notes=_FAMILY_NOTES.get(base.name, ""), parts=(("attention", base.name),)),
+            replace=True)
 
 
 REGISTRY.derive("attention", _register_family)
