@@ -16,6 +16,8 @@ def environment_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:
         ("CPU", f"{machine.get('cpu_model', '?')}, {machine.get('cpu_count', '?')} logical "
                 f"cores, {machine.get('threads', '?')} torch threads"),
     ]
+    for device, meaning in (machine.get("threads_meaning") or {}).items():
+        rows.append((f"threads on {device}", meaning))
     for gpu in machine.get("gpus") or []:
         rows.append((f"GPU {gpu.get('index', '')}",
                      f"{gpu.get('name')} (sm {gpu.get('capability')}, "

@@ -48,6 +48,8 @@ def machine_info(devices: list[str]) -> dict[str, Any]:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "mkldnn": torch.backends.mkldnn.is_available(),
         "threads": torch.get_num_threads(),
+        # per device: what the thread count means for its cases
+        "threads_meaning": {name: device(name).threads_meaning for name in devices},
         "git_commit": git_commit(),
         "code_root": str(PROJECT_ROOT),
         "inductor_cache_dir": str(inductor_cache_dir()),

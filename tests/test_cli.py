@@ -253,6 +253,7 @@ def test_meta_records_command_machine_and_config(quick: Path) -> None:
     assert machine["torch"] == torch.__version__
     assert isinstance(machine["threads"], int) and machine["threads"] >= 1
     assert isinstance(machine["cpu_model"], str) and machine["cpu_model"]
+    assert "CPU threads" in machine["threads_meaning"]["cpu"]
     config = meta["config"]
     assert config["layers"] == ["conv"]
     assert config["preset"] == "quick"
