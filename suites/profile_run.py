@@ -30,11 +30,15 @@ from suites.config import BenchConfig, ProfileOptions
 from suites.environment import machine_info
 from suites.presets import notes_size
 from suites.profiling import NAIVE_SETTINGS, CaseProfile, ProfileSettings, trace_name
-from suites.runner import profile_one
+from suites.runner import prepared, profile_one
 from suites.session import choose, choose_devices, custom_size, layer_names, load_impl_files
 
 #: how much longer a call takes under the profiler (shapes, memory and stacks recorded)
 PROFILER_SLOWDOWN = 3
+#: most operator events the recorded calls may hold: the profiler keeps every one, with its
+#: shapes and allocations, at ~15 KB each (the five-loop conv at the notes' size, 800,000
+#: events per call, grew the process past 24 GB and the OOM killer ended it)
+MAX_PROFILED_EVENTS = 200_000
 
 
 def profile(options: ProfileOptions) -> int:
@@ -96,24 +100,35 @@ def affordable(case: Case, config: BenchConfig, settings: ProfileSettings,
     """A naive loop's case, or its calibration size when the profiled calls would exceed the
     budget; a size the user chose (``explicit``) that does not fit is bad input."""
     spec, impl = REGISTRY.layer(case.layer), REGISTRY.impl(case.layer, case.impl)
-    dtype = DTYPE_NAMES[case.dtype]
-    per_call = predict(impl, spec, case.size, dtype, case.device, case.mode, config).per_call_s
-    needed = per_call * (settings.warmup + settings.active) * PROFILER_SLOWDOWN
-    if needed <= config.budget_s:
+    calls = settings.warmup + settings.active
+    small = new_case(case.layer, case.impl, case.compile, spec.calibration_params(case.size),
+                     case.device, case.dtype, case.mode)
+    per_call = predict(impl, spec, case.size, DTYPE_NAMES[case.dtype], case.device, case.mode,
+                       config).per_call_s
+    needed = per_call * calls * PROFILER_SLOWDOWN
+    scale = spec.flops(case.size, case.mode) / max(spec.flops(small.size, case.mode), 1)
+    events = round(_events_per_call(small, config.seed) * scale) * calls
+    if needed <= config.budget_s and events <= MAX_PROFILED_EVENTS:
         return case
-    small = spec.calibration_params(case.size)
-    label = spec.label(small)
+    why = (f"predicted {format_seconds(needed)} under the profiler > --budget "
+           f"{format_seconds(config.budget_s)}" if needed > config.budget_s else
+           f"about {events:,} operator events to record, more than the {MAX_PROFILED_EVENTS:,} "
+           "that fit in memory")
     if explicit:
-        raise UsageError(f"{case.layer}/{case.impl} at {case.label}: predicted "
-                         f"{format_seconds(needed)} under the profiler > --budget "
-                         f"{format_seconds(config.budget_s)}; raise --budget or profile a "
-                         f"smaller --size (e.g. {label})")
-    say(
-        f"{case.impl} at the notes' size {case.label} would take {format_seconds(needed)} under "
-        f"the profiler (> --budget {format_seconds(config.budget_s)}): profiling {label} "
-        "instead", stderr=True)
-    return new_case(case.layer, case.impl, case.compile, small, case.device, case.dtype,
-                    case.mode)
+        raise UsageError(f"{case.layer}/{case.impl} at {case.label}: {why}; "
+                         f"{'raise --budget or ' if needed > config.budget_s else ''}profile a "
+                         f"smaller --size (e.g. {small.label})")
+    say(f"{case.impl} at the notes' size {case.label}: {why}; profiling {small.label} instead",
+        stderr=True)
+    return small
+
+
+def _events_per_call(case: Case, seed: int) -> int:
+    """Operator events the profiler records in one call of ``case`` (a small one)."""
+    step = prepared(case, seed)
+    with torch.set_grad_enabled(case.mode != "fwd"), torch.profiler.profile() as prof:
+        step()
+    return len(prof.events())
 
 
 def _write(run_dir: Path, case: Case, result: CaseProfile, config: BenchConfig,

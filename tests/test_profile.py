@@ -23,8 +23,9 @@ import torch
 
 from reports.analysis import OTHER_OPS, op_shares, profile_table
 from reports.schema import OPS_COLUMNS, load_ops, load_run
+from suites import profile_run
 from suites.profiling import ProfileSettings, memory_use
-from tests._cli import Done, describe, invoke_all, one_line_error, read_csv
+from tests._cli import Done, describe, invoke, invoke_all, one_line_error, read_csv
 
 N, C_IN, C_OUT, H, W, K = 2, 1, 4, 8, 8, 3
 TINY = f"N={N},C_in={C_IN},C_out={C_OUT},H={H},W={W},k={K},stride=1,padding=0"
@@ -112,6 +113,20 @@ def test_profile_bad_input_exits_2_with_one_line(jobs: dict[str, Done], name: st
     line = one_line_error(jobs[name].proc)
     if name == "over-budget":
         assert "--budget" in line and "smaller --size" in line
+
+
+def test_a_loop_whose_events_would_not_fit_in_memory_is_not_profiled(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The profiler keeps every operator event: a five-loop conv at the notes' size (millions
+    of them) is refused at a size given, and profiled at its calibration size otherwise."""
+    monkeypatch.setattr(profile_run, "MAX_PROFILED_EVENTS", 50)  # TINY's loops record more
+    line = one_line_error(invoke("profile", "conv", "--impl", "loops", "--size", TINY,
+                                 "--out", tmp_path))
+    assert "operator events" in line and "smaller --size" in line
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(profile_run, "MAX_PROFILED_EVENTS", 10**9)
+    assert invoke("profile", "conv", "--impl", "loops", "--size", TINY, "--out",
+                  tmp_path).returncode == 0
 
 
 def test_memory_use_sees_an_allocation_and_its_release() -> None:
