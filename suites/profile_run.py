@@ -36,9 +36,10 @@ from suites.session import choose, choose_devices, custom_size, layer_names, loa
 #: how much longer a call takes under the profiler (shapes, memory and stacks recorded)
 PROFILER_SLOWDOWN = 3
 #: most operator events the recorded calls may hold: the profiler keeps every one, with its
-#: shapes and allocations, at ~15 KB each (the five-loop conv at the notes' size, 800,000
-#: events per call, grew the process past 24 GB and the OOM killer ended it)
-MAX_PROFILED_EVENTS = 200_000
+#: shapes and allocations, at ~4.4 KB each (the five-loop conv on one MNIST digit: 378,000
+#: events, 2.1 GB; on the notes' 64 digits, 24 million events, the process grew past 24 GB
+#: and the OOM killer ended it)
+MAX_PROFILED_EVENTS = 1_000_000
 
 
 def profile(options: ProfileOptions) -> int:
