@@ -60,8 +60,8 @@ class ProgressBar:
         self._progress.stop()
 
     def started(self, case: Case) -> None:
-        what = f"{case.layer}/{case.impl}" + (f"+{case.compile}" if case.compile != "none" else "")
-        self._progress.update(self._task, case=f"{what} {case.device} {case.dtype} {case.mode} "
+        self._progress.update(self._task, case=f"{case.layer}/{variant(case.impl, case.compile)} "
+                                               f"{case.device} {case.dtype} {case.mode} "
                                                f"{case.label}")
 
     def finished(self, result: CaseResult) -> None:

@@ -50,11 +50,6 @@ class Case:
         return Case(self.layer, BASELINE_IMPL, "none", self.params, self.device, self.dtype,
                     self.mode, self.label)
 
-    @property
-    def variant(self) -> str:
-        """``impl`` or ``impl+compile``, as legends and tables name it."""
-        return self.impl if self.compile == "none" else f"{self.impl}+{self.compile}"
-
 
 @dataclass(frozen=True)
 class Samples:

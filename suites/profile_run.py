@@ -31,7 +31,14 @@ from suites.environment import machine_info
 from suites.presets import notes_size
 from suites.profiling import NAIVE_SETTINGS, CaseProfile, ProfileSettings, trace_name
 from suites.runner import prepared, profile_one
-from suites.session import choose, choose_devices, custom_size, layer_names, load_impl_files
+from suites.session import (
+    choose,
+    choose_devices,
+    custom_size,
+    layer_names,
+    load_impl_files,
+    set_threads,
+)
 
 #: how much longer a call takes under the profiler (shapes, memory and stacks recorded)
 PROFILER_SLOWDOWN = 3
@@ -63,8 +70,7 @@ def profile(options: ProfileOptions) -> int:
     if problem := found.unsupported(device, DTYPE_NAMES[options.dtype], options.mode,
                                     options.compile_mode):
         raise UsageError(f"{layer}/{options.impl}: {problem}")
-    if options.run.threads:
-        torch.set_num_threads(options.run.threads)
+    set_threads(options.run.threads)
     config = BenchConfig(layers=(layer,), impls=(options.impl,), devices=(device,),
                          dtypes=(options.dtype,), modes=(options.mode,),
                          compile_modes=(options.compile_mode,), budget_s=options.budget_s,

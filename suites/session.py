@@ -127,7 +127,7 @@ def bench(options: BenchOptions) -> int:
         return resume(options.resume, options.run.quiet, options.report)
     config = resolve(options)
     cases = planned(config)
-    _set_threads(config.threads)
+    set_threads(config.threads)
     what = config.layers[0] if len(config.layers) == 1 else "all"
     try:
         run_dir = new_run_dir(config.out, "-".join((what, *config.devices)))
@@ -155,7 +155,7 @@ def resume(run_dir: Path, quiet: bool, report: bool) -> int:
     todo = [c for c in cases if c.key not in done]
     baselines = {c: float(done[c.key]["median_ms"]) / 1e3 for c in cases
                  if c.key in done and c == c.baseline and done[c.key]["status"] in TIMED}
-    _set_threads(config.threads)
+    set_threads(config.threads)
     say(f"resuming {run_dir}: {len(rows)} of {len(cases)} cases already done", stderr=True)
     writer = RunWriter(run_dir, _params(config),
                        {**meta, "calibration": all_ceilings(config.devices)}, resumed=True)
@@ -204,7 +204,7 @@ def run_cases(config: BenchConfig, cases: list[Case], writer: RunWriter, quiet: 
 def measure(config: BenchConfig, cases: list[Case], run_dir: Path, quiet: bool) -> Path:
     """Run ``cases`` into the new run directory ``run_dir``, without summary or report (the
     regression gate's runs)."""
-    _set_threads(config.threads)
+    set_threads(config.threads)
     use_project_cache()
     run_dir.mkdir(parents=True, exist_ok=False)
     writer = open_run(config, run_dir)
@@ -232,7 +232,7 @@ def all_ceilings(names: Iterable[str]) -> dict[str, Any]:
 
 def calibrate(names: Iterable[str], threads: int, force: bool) -> int:
     """The ``calibrate`` command: measure (or show the cached) ceilings of each device."""
-    _set_threads(threads)
+    set_threads(threads)
     for name in choose_devices(names):
         cached = calibration.cache_path(name)
         measured = calibration.ceilings(name, force=force)
@@ -270,7 +270,8 @@ def _params(config: BenchConfig) -> list[str]:
     return [p for name in config.layers for p in REGISTRY.layer(name).params]
 
 
-def _set_threads(threads: int) -> None:
+def set_threads(threads: int) -> None:
+    """Run torch on ``threads`` CPU threads (0: leave torch's default)."""
     if threads:
         torch.set_num_threads(threads)
 
