@@ -45,8 +45,17 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                                           "the notes' configuration).")),
     "--budget": (("budget_s",), dict(default=10.0, show_default=True, type=float,
                  help="Seconds a naive-loop case may take; predicted longer means skipped.")),
-    "--min-time": (("min_time_s",), dict(default=0.5, show_default=True, type=float,
-                   help="Seconds of timing samples per case.")),
+    "--min-time": (("min_time_s",), dict(default=0.25, show_default=True,
+                   type=click.FloatRange(0), help="Seconds of timing samples per case, at "
+                                                  "least.")),
+    "--max-time": (("max_time_s",), dict(default=2.0, show_default=True,
+                   type=click.FloatRange(0, min_open=True),
+                   help="Seconds of timing samples per case, at most: the cap when the "
+                        "--precision target is not reached.")),
+    "--precision": ((), dict(default=0.02, show_default=True,
+                    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                    help="Sample until a case's median and its speed against the builtin are "
+                         "known to +- this fraction (95% intervals), or --max-time.")),
     "--trials": ((), dict(default=3, show_default=True, type=click.IntRange(1),
                  help="Correctness trials (fresh random inputs each).")),
     "--threads": ((), dict(default=0, type=click.IntRange(0),
@@ -117,7 +126,8 @@ def list_command(layer: str | None, impl_files: tuple[Path, ...]) -> None:
 @option("--compile")
 @click.option("--preset", default="default", show_default=True,
               help="Sizes: quick, default or full.")
-@options("--size", "--budget", "--min-time", "--trials", "--threads", "--seed")
+@options("--size", "--budget", "--min-time", "--max-time", "--precision", "--trials",
+         "--threads", "--seed")
 @click.option("--profile", is_flag=True, help="Also profile each case (traces and ops.csv).")
 @options("--out", "--impl-file", "--quiet")
 @click.option("--no-report", "report", is_flag=True, flag_value=False, default=True,

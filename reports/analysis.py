@@ -9,10 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from reports.plausibility import PLAUSIBILITY_TAGS
 from reports.schema import TIMED, device_kind
 from reports.style import variant
 
 GROUP = ["layer", "impl", "compile", "device", "dtype", "mode"]
+
+
 def measured(results: pd.DataFrame) -> pd.DataFrame:
     """Rows with a time: status ``ok`` or ``incorrect`` and a positive median."""
     keep = results["status"].isin(TIMED) & (results["median_ms"] > 0)
@@ -46,28 +49,85 @@ def growth_exponents(results: pd.DataFrame) -> pd.DataFrame:
                                        "flops_min", "flops_max"])
 
 
-def best_per_size(results: pd.DataFrame) -> pd.DataFrame:
-    """The fastest correct variant of every (layer, device, dtype, mode, case).
+#: what the marks of a case mean, for captions and notes
+MARK_LEGEND = ("~ unstable: missed its precision target or ran under interference; "
+               "! implausible (fwd+bwd faster than fwd, beyond the roofline or >10x the "
+               "builtin): the numbers are kept, take a second look")
 
-    Columns: the setting, ``case``, ``best``, ``median_ms``, ``speedup_vs_builtin``, ``gflops``,
-    ``runner_up`` and how much slower it is (``runner_up_ratio``).
+
+def mark(stable: object, flags: object) -> str:
+    """``~`` for an unstable case (``stable`` 0), ``!`` for one with a plausibility flag (a
+    reason of ``flags`` that starts with one of ``PLAUSIBILITY_TAGS``), both, or ''."""
+    implausible = isinstance(flags, str) and any(
+        reason.startswith(PLAUSIBILITY_TAGS) for reason in flags.split("; "))
+    return ("~" if stable == 0 else "") + ("!" if implausible else "")
+
+
+def marks(rows: pd.DataFrame) -> pd.Series:
+    """``mark`` of every row of a frame with ``stable`` and ``flags`` columns."""
+    return pd.Series([mark(s, f) for s, f in zip(rows["stable"], rows["flags"], strict=True)],
+                     index=rows.index, dtype=object)
+
+
+SIZE = ["layer", "device", "dtype", "mode", "case"]
+BEST_COLUMNS = [*SIZE, "verdict", "separated", "best", "mark", "median_ms", "ci_lo_ms",
+                "ci_hi_ms", "speedup_vs_builtin", "speedup_lo", "speedup_hi", "gflops",
+                "runner_up", "runner_up_ratio", "flags"]
+
+
+def best_per_size(results: pd.DataFrame) -> pd.DataFrame:
+    """The fastest correct variant of every (layer, device, dtype, mode, case), where the timing
+    can tell.
+
+    ``verdict``: the variant with the lowest median when its 95% interval ends below the
+    runner-up's (``ci_hi_ms < ci_lo_ms``; ``separated`` True); else ``tie: a, b``, the variants
+    whose intervals overlap the best's (``separated`` False); without intervals (runs before
+    them) the lowest median, ``a (interval unknown)`` (``separated`` NaN). Names carry their
+    ``mark``. The other columns describe ``best`` (lowest median); ``flags`` holds those of the
+    variants named and the runner-up, ``runner_up_ratio`` how much slower the second is.
     """
     ok = measured(results)
     ok = ok[ok["status"] == "ok"]
     rows = []
-    for key, group in ok.groupby(["layer", "device", "dtype", "mode", "case"], sort=False):
-        ranked = group.sort_values("median_ms")
+    for key, group in ok.groupby(SIZE, sort=False):
+        ranked = group.sort_values("median_ms", kind="stable")
         best = ranked.iloc[0]
-        row = {**dict(zip(["layer", "device", "dtype", "mode", "case"], key, strict=True)),
-               "best": variant(best["impl"], best["compile"]), "median_ms": best["median_ms"],
-               "speedup_vs_builtin": best["speedup_vs_builtin"], "gflops": best["gflops"],
-               "runner_up": "", "runner_up_ratio": np.nan}
+        named, separated = _fastest(ranked)
+        names = [mark(r["stable"], r["flags"]) + variant(r["impl"], r["compile"])
+                 for _, r in named.iterrows()]
+        verdict = names[0] if separated or len(names) == 1 else "tie: " + ", ".join(names)
+        row = {**dict(zip(SIZE, key, strict=True)), "verdict": verdict,
+               "separated": separated, "best": variant(best["impl"], best["compile"]),
+               "mark": mark(best["stable"], best["flags"]),
+               **{c: best[c] for c in ("median_ms", "ci_lo_ms", "ci_hi_ms", "speedup_vs_builtin",
+                                       "speedup_lo", "speedup_hi", "gflops")},
+               "runner_up": "", "runner_up_ratio": np.nan,
+               "flags": "; ".join(f"{variant(r['impl'], r['compile'])}: {r['flags']}"
+                                  for _, r in ranked.iloc[:max(len(named), 2)].iterrows()
+                                  if isinstance(r["flags"], str) and r["flags"])}
+        if separated != separated:  # NaN: the old rule, said as such
+            row["verdict"] += " (interval unknown)"
         if len(ranked) > 1:
             second = ranked.iloc[1]
-            row["runner_up"] = variant(second["impl"], second["compile"])
+            row["runner_up"] = mark(second["stable"], second["flags"]) + variant(
+                second["impl"], second["compile"])
             row["runner_up_ratio"] = second["median_ms"] / best["median_ms"]
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=BEST_COLUMNS)
+
+
+def _fastest(ranked: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """The rows a verdict names (by median) and whether the best stands apart (NaN: unknown)."""
+    if len(ranked) == 1:  # nothing to tell apart
+        return ranked, True
+    best_hi, second_lo = ranked["ci_hi_ms"].iloc[0], ranked["ci_lo_ms"].iloc[1]
+    if not (np.isfinite(best_hi) and np.isfinite(second_lo)):
+        return ranked.iloc[:1], np.nan
+    if best_hi < second_lo:
+        return ranked.iloc[:1], True
+    # a variant without an interval counts by its median
+    lows = ranked["ci_lo_ms"].where(np.isfinite(ranked["ci_lo_ms"]), ranked["median_ms"])
+    return ranked[lows <= best_hi], False
 
 
 OTHER_OPS = "other"

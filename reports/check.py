@@ -144,14 +144,25 @@ def gate(baseline: Path, run_dir: Path, basis: str, threshold: float, alpha: flo
     return one(basis, load_noise(noisy, basis))
 
 
+def _candidates(frame: pd.DataFrame) -> pd.Series:
+    """Rows found slower, and rows that looked slower in an unstable timing (``suspicious``
+    with an ``unstable`` reason): both are measured again."""
+    unstable = frame["unstable"].fillna("").astype(str) != "" if "unstable" in frame else False
+    looked_slower = (frame["verdict"] == "suspicious") & unstable & (
+        frame["ratio"] > 1 + frame["threshold_used"].fillna(0))
+    return (frame["verdict"] == "slower") | looked_slower
+
+
 def flagged(comparison: Comparison) -> list[tuple[str, ...]]:
-    """Case keys (with device) the comparison found slower."""
-    rows = comparison.frame[comparison.frame["verdict"] == "slower"]
+    """Case keys (with device) the comparison found slower, or that looked slower in a timing
+    that was disturbed or imprecise: each is measured again."""
+    rows = comparison.frame[_candidates(comparison.frame)]
     return [tuple(r) for r in rows[list(KEY_COLUMNS)].astype(str).itertuples(index=False)]
 
 
 def confirm(comparison: Comparison, again: list[Comparison], against: str = "") -> Comparison:
-    """Keep ``slower`` only for cases found slower in every re-measurement in ``again``.
+    """Keep ``slower`` only for cases found slower in every re-measurement in ``again`` (a
+    case that looked slower in an unstable timing becomes ``slower`` the same way).
 
     A flag that does not reproduce becomes ``suspicious`` (reported, not a failure), with the
     re-measured ratios in its note; ``against`` says what the re-measurements were compared
@@ -160,7 +171,7 @@ def confirm(comparison: Comparison, again: list[Comparison], against: str = "") 
     """
     frame = comparison.frame.copy()
     keys = frame[list(KEY_COLUMNS)].astype(str).apply(tuple, axis=1)
-    for index in frame.index[frame["verdict"] == "slower"]:
+    for index in frame.index[_candidates(frame)]:
         key = keys[index]
         ratios, verdicts = [], []
         for other in again:
@@ -170,6 +181,7 @@ def confirm(comparison: Comparison, again: list[Comparison], against: str = "") 
             ratios.append(float(match["ratio"].iloc[0]) if len(match) else float("nan"))
         seen = ", ".join(f"x{r:.3g}" for r in ratios)
         if again and all(v == "slower" for v in verdicts):
+            frame.loc[index, ["verdict", "regression"]] = ["slower", True]
             frame.loc[index, "note"] = (f"confirmed by {len(again)} re-measurement(s)"
                                         f"{against}: {seen}")
         else:

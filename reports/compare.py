@@ -10,6 +10,9 @@ The first run is the baseline A; every later run B is compared with it. Two base
   left out of the verdicts.
 
 ``auto`` picks relative when the runs' devices or machines (host, CPU model, GPU names) differ.
+A case slower or faster in a run disturbed by other processes (``interference``), or by less
+than the runs' imprecision allows, is ``suspicious`` (``unstable`` says why): worth a
+re-measurement, never a regression.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ UNTIMED_FLAGGED = ("oom", "timeout", "error")  # losing (or gaining) a time to t
 REF_KEY = ("layer", "device", "dtype", "mode", "case")
 COLUMNS = [*KEY_COLUMNS, "run_a", "run_b", "status_a", "status_b", "median_a_ms", "median_b_ms",
            "ratio", "ci_lo", "ci_hi", "p_value", "noise", "threshold_used", "verdict", "note",
-           "regression", "n_a", "n_b", "rel_a", "rel_b"]
+           "regression", "n_a", "n_b", "rel_a", "rel_b", "unstable"]
 GEOMEAN_COLUMNS = ["run_b", "layer", "impl", "compile", "variant", "cases", "geomean_ratio",
                    "min_ratio", "max_ratio", "slower", "faster"]
 
@@ -227,7 +230,7 @@ def _case(ra: dict[str, Any] | None, rb: dict[str, Any] | None, a: Run, b: Run,
     row: dict[str, Any] = {c: either[c] for c in KEY_COLUMNS}
     if ra is not None and rb is not None and ra["device"] != rb["device"]:
         row["device"] = f"{ra['device']}->{rb['device']}"
-    row.update(run_a=a.label, run_b=b.label, regression=False, note="",
+    row.update(run_a=a.label, run_b=b.label, regression=False, note="", unstable="",
                status_a=_get(ra, "status", ""), status_b=_get(rb, "status", ""),
                median_a_ms=_median_ms(a, ra), median_b_ms=_median_ms(b, rb),
                n_a=_get(ra, "n_samples"), n_b=_get(rb, "n_samples"))
@@ -242,6 +245,11 @@ def _case(ra: dict[str, Any] | None, rb: dict[str, Any] | None, a: Run, b: Run,
     if va is not None and vb is not None:
         floor = noise.get(tuple(ra[c] for c in KEY_COLUMNS), 0.0)
         verdict, note = _timing(row, va, vb, threshold, alpha, floor)
+        unstable = _unstable(a, ra, b, rb, row["ratio"])
+        row["unstable"] = unstable
+        if unstable and verdict in ("slower", "faster"):
+            verdict, note = "suspicious", f"{row['ratio']:.3g}x, but {unstable}" + (
+                f"; {note}" if note else "")
         if refs:
             row["rel_a"], row["rel_b"] = float(np.median(va)), float(np.median(vb))
     elif sa in TIMED and sb in TIMED:  # timed, but no builtin to divide by
@@ -260,6 +268,30 @@ def _case(ra: dict[str, Any] | None, rb: dict[str, Any] | None, a: Run, b: Run,
     row["verdict"], row["note"] = verdict, note
     row["regression"] = bool(row["regression"] or verdict == "slower")
     return row
+
+
+def _unstable(a: Run, ra: dict[str, Any], b: Run, rb: dict[str, Any], ratio: float) -> str:
+    """Why the runs' timings of a case cannot carry a verdict; '' when they can.
+
+    A run disturbed by other processes (``interference``) cannot: its time may be several
+    times the real one. An imprecise one can when the change is clearly larger than both
+    runs' intervals (more than twice their relative half-widths added up).
+    """
+    reasons, widths = [], 0.0
+    for run, row in ((a, ra), (b, rb)):
+        if row["stable"] != 0:
+            continue
+        flags = str(row["flags"] or "")
+        if "interference:" in flags or "imprecise:" not in flags:
+            reasons.append(f"unstable in {run.label} ({flags or 'missed its precision'})")
+            widths = math.inf
+        else:
+            precision = float(row["precision"]) if row["precision"] == row["precision"] else (
+                math.inf)
+            reasons.append(f"imprecise in {run.label} (+-{precision:.1%})")
+            widths += precision
+    clear = ratio > 0 and abs(math.log(ratio)) > 2 * widths
+    return "" if not reasons or clear else " and ".join(reasons)
 
 
 def _timing(row: dict[str, Any], va: np.ndarray, vb: np.ndarray, threshold: float,

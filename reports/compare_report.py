@@ -13,7 +13,7 @@ from reports import html
 from reports.compare import GEOMEAN_COLUMNS, Comparison, compare_runs
 from reports.console import say
 from reports.markdown import md_table
-from reports.meta import environment_rows
+from reports.meta import environment_rows, load_text
 from reports.outcome import EXIT_FAILED, EXIT_OK, UsageError
 from reports.style import VERDICT_COLORS, variant, variants
 from reports.writer import new_run_dir
@@ -78,9 +78,11 @@ def compare(runs: list[Path], basis: str, threshold: float, alpha: float,
     except OSError as exc:
         raise UsageError(f"cannot write the comparison ({exc.strerror or exc})") from None
     counts = comparison.frame["verdict"].value_counts()
-    lines = [f"basis: {comparison.basis}; " + ", ".join(
-        f"{verdict} {n}" for verdict, n in counts.items()), *regression_lines(comparison),
-        f"comparison: {paths[2]}"]
+    lines = [*(f"load {_role(i)} {run.label}: {load_text(run.meta)}"
+               for i, run in enumerate(comparison.runs)),
+             f"basis: {comparison.basis}; " + ", ".join(
+                 f"{verdict} {n}" for verdict, n in counts.items()),
+             *regression_lines(comparison), f"comparison: {paths[2]}"]
     for line in lines:
         say(line)
     return EXIT_FAILED if comparison.regressions else EXIT_OK
@@ -93,9 +95,14 @@ def _machines(c: Comparison) -> str:
     for i, run in enumerate(c.runs):
         rows = dict(environment_rows(run.meta))
         gpus = [v for k, v in rows.items() if k.startswith("GPU")]
-        what = "; ".join([*(rows[k] for k in keep if k in rows), *gpus])
-        lines.append(f"- {'A' if i == 0 else 'B'} `{run.label}`: {what}")
+        what = "; ".join([*(rows[k] for k in keep if k in rows), *gpus,
+                          f"load: {load_text(run.meta)}"])
+        lines.append(f"- {_role(i)} `{run.label}`: {what}")
     return "\n".join(lines)
+
+
+def _role(i: int) -> str:
+    return "A" if i == 0 else "B"
 
 
 def _summary(c: Comparison) -> list[str]:
@@ -108,7 +115,9 @@ def _summary(c: Comparison) -> list[str]:
     return [f"Baseline A: `{c.runs[0].label}`; compared with it: {runs}. Basis: {basis}.",
             f"A case is slower/faster when its median moves by more than max({c.threshold:.0%}, "
             f"3 x its noise) and the one-sided Mann-Whitney U test gives p < {c.alpha:g}; a "
-            "large change without significance is suspicious.", *c.notes, result]
+            "large change without significance is suspicious, and so is any change of a case "
+            "that either run timed unstable (missed its precision or ran under interference).",
+            *c.notes, result]
 
 
 def _counts(c: Comparison) -> pd.DataFrame:

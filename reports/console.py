@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,8 +21,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from reports.analysis import MARK_LEGEND, best_per_size, mark, marks
 from reports.record import Case, CaseResult
-from reports.style import format_seconds, variant, variants
+from reports.style import format_seconds, speedup_text, variant, variants
 
 
 def console(stderr: bool = False) -> Console:
@@ -78,42 +80,80 @@ def _cell(row: pd.Series) -> str:
     if status in ("error", "oom", "timeout"):
         return MARKS[status]
     speedup = row["speedup_vs_builtin"]
-    ratio = f" x{speedup:.3g}" if speedup == speedup else ""
-    return f"{format_seconds(row['median_ms'] / 1e3)}{ratio} {MARKS[status]}"
+    text = f"{format_seconds(row['median_ms'] / 1e3)}" + (f" x{speedup:.3g}"
+                                                        if speedup == speedup else "")
+    marked = mark(row.get("stable"), row.get("flags"))
+    if "~" in marked:  # unstable: the number stands, but not to its target precision
+        text = f"[yellow]~{text}[/]"
+    if "!" in marked:
+        text = f"[bold magenta]![/]{text}"
+    return f"{text} {MARKS[status]}"
 
 
 def summary_tables(results: pd.DataFrame) -> list[Table]:
-    """One table per (layer, device, dtype, mode): sizes down, implementations across.
+    """One table per (layer, device, dtype, mode): sizes down, implementations across, and the
+    fastest correct implementation of each size (a tie where the 95% intervals overlap).
 
-    Each cell: median time, speedup vs the eager builtin (x2 = twice as fast), correctness.
+    Each cell: median time, speedup vs the eager builtin (x2 = twice as fast), correctness;
+    ``~`` (yellow) marks an unstable case, ``!`` a plausibility flag (``problems`` says why).
     """
     tables = []
     results = results.assign(variant=variants(results))
+    best = best_per_size(results).set_index(["layer", "device", "dtype", "mode", "case"])
     for (layer, device, dtype, mode), group in results.groupby(
             ["layer", "device", "dtype", "mode"], sort=False):
+        caption = "median time, speed vs builtin (x2 = twice as fast), correctness"
+        if (marks(group) != "").any():
+            caption += f"\n{MARK_LEGEND} (why: below)"
         table = Table(title=f"{layer} · {device} · {dtype} · {mode}", title_justify="left",
-                      caption="median time, speed vs builtin (x2 = twice as fast), correctness",
-                      caption_justify="left")
+                      caption=caption, caption_justify="left")
         columns = list(dict.fromkeys(group["variant"]))
         table.add_column("case", style="bold")
         for name in columns:
             table.add_column(name, justify="right")
+        table.add_column("fastest")
         for case, rows in group.groupby("case", sort=False):
             by_variant = {r["variant"]: r for _, r in rows.iterrows()}
+            key = (layer, device, dtype, mode, case)
             table.add_row(case, *(_cell(by_variant[v]) if v in by_variant else ""
-                                  for v in columns))
+                                  for v in columns),
+                          _fastest(best.loc[key]) if key in best.index else "")
         tables.append(table)
     return tables
 
 
+def _fastest(best: pd.Series) -> str:
+    """The verdict of a size; where it names one variant, with its speedup and interval."""
+    if best["verdict"].startswith("tie: "):  # each tied variant's speedup is in its cell
+        return escape(best["verdict"])
+    speedup = speedup_text(best["speedup_vs_builtin"], best["speedup_lo"], best["speedup_hi"])
+    return escape(best["verdict"] + (f" {speedup}" if speedup else ""))
+
+
 def problems(results: pd.DataFrame) -> list[str]:
-    """One line per case that did not end ``ok``, with its reason."""
+    """One line per case that did not end ``ok``, with its reason; then one per ``ok`` case that
+    was unstable or flagged, with its flags."""
     lines = []
     for _, r in results[results["status"] != "ok"].iterrows():
-        lines.append(f"{r['status']:>9}  {r['layer']}/{variant(r['impl'], r['compile'])} "
-                     f"{r['device']} {r['dtype']} "
-                     f"{r['mode']} {r['case']}: {r['reason']}")
+        lines.append(f"{r['status']:>9}  {_label(r)}: {r['reason']}")
+    ok = results[results["status"] == "ok"]
+    for (_, r), marked in zip(ok.iterrows(), marks(ok), strict=True):
+        if marked:
+            what = "unstable" if "~" in marked else "flagged"
+            lines.append(f"{what:>9}  {_label(r)}: {r['flags'] or 'missed its precision'}")
     return lines
+
+
+def _label(r: pd.Series) -> str:
+    return (f"{r['layer']}/{variant(r['impl'], r['compile'])} {r['device']} {r['dtype']} "
+            f"{r['mode']} {r['case']}")
+
+
+def load_lines(meta: dict[str, Any]) -> list[str]:
+    """What to print about the machine's load during a run: its warning when it was busy,
+    nothing for a quiet run or one without ``meta["load"]``."""
+    warning = (meta.get("load") or {}).get("warning")
+    return [f"warning: {warning}"] if warning else []
 
 
 _SHORT_DTYPES = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "float16": "f16"}

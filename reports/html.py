@@ -31,6 +31,8 @@ dl.meta { display: grid; grid-template-columns: max-content auto; gap: 2px 14px;
 dl.meta dt { font-weight: 600; } dl.meta dd { margin: 0; font-family: ui-monospace, monospace; }
 .scroll { overflow-x: auto; max-height: 70vh; }
 .note { color: #555; }
+tr.flagged td { background: #fff8c5; }
+.warning { background: #fff8c5; border-left: 4px solid #bf8700; padding: .5em .8em; }
 """
 
 
@@ -61,24 +63,28 @@ def definitions(rows: Sequence[tuple[str, str]]) -> str:
     return f'<dl class="meta">{items}</dl>'
 
 
-def table(frame: pd.DataFrame, text_columns: Sequence[str] = (), scroll: bool = False) -> str:
+def table(frame: pd.DataFrame, text_columns: Sequence[str] = (), scroll: bool = False,
+          row_notes: Sequence[str] | None = None) -> str:
     """``frame`` as an HTML table: numbers right-aligned to 4 significant digits, text left.
 
-    A ``status`` column is coloured by status.
+    A ``status`` column is coloured by status. ``row_notes``: a text per row; a row with one is
+    highlighted and shows it on hover (a case's flags).
     """
     text = set(text_columns) | {c for c in frame.columns
                                 if not pd.api.types.is_numeric_dtype(frame[c])}
     head = "".join(f'<th class="{"text" if c in text else "num"}">{esc(c)}</th>'
                    for c in frame.columns)
     body = []
-    for row in frame.itertuples(index=False):
+    notes = list(row_notes) if row_notes is not None else [""] * len(frame)
+    for row, note in zip(frame.itertuples(index=False), notes, strict=True):
         cells = []
         for column, value in zip(frame.columns, row, strict=True):
             css = ["text"] if column in text else []
             if column == "status":
                 css.append(f"status-{value}")
             cells.append(f'<td class="{" ".join(css)}">{esc(number(value))}</td>')
-        body.append(f"<tr>{''.join(cells)}</tr>")
+        flagged = f' class="flagged" title="{esc(note)}"' if note else ""
+        body.append(f"<tr{flagged}>{''.join(cells)}</tr>")
     out = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
     return f'<div class="scroll">{out}</div>' if scroll else out
 

@@ -38,6 +38,7 @@ def environment_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:
             if malloc else "system default (thresholds not fixed)"))
     for device, ceilings in (meta.get("calibration") or {}).items():
         rows.append((f"ceilings {device}", ceiling_text(ceilings)))
+    rows.append(("machine load", load_text(meta)))
     if meta.get("interrupted"):
         rows.append(("note", "the run was interrupted: finished cases only"))
     return rows
@@ -50,3 +51,23 @@ def ceiling_text(ceilings: dict[str, Any]) -> str:
     if ceilings.get("copy_gbps"):
         parts.append(f"copy {ceilings['copy_gbps']:,.1f} GB/s")
     return ", ".join(parts) or "not calibrated"
+
+
+def load_text(meta: dict[str, Any]) -> str:
+    """``meta["load"]`` as one line: the cores other processes used while cases were timed and
+    the load averages (1, 5, 15 min) at start and end; ``unknown`` for a run without it."""
+    load = meta.get("load")
+    if not load:
+        return "unknown"
+
+    def cores(value: Any) -> str:
+        return f"{value:.2g}" if isinstance(value, int | float) else "?"
+
+    def averages(values: Any) -> str:
+        return "/".join(f"{v:.2f}" for v in values) if values else "?"
+
+    return (f"other processes used {cores(load.get('busy_cores_mean'))} of "
+            f"{load.get('cores', '?')} cores on average (max "
+            f"{cores(load.get('busy_cores_max'))}); load average "
+            f"{averages(load.get('loadavg_start'))} at start, "
+            f"{averages(load.get('loadavg_end'))} at end")

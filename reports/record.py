@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from reports.intervals import UNKNOWN, Interval, by_round, median_interval, paired_ratios
+from reports.plausibility import PLAUSIBILITY_TAGS, implausible
 from reports.schema import BASELINE_IMPL, precision
 
 NAN = float("nan")
@@ -53,14 +55,44 @@ class Case:
 
 @dataclass(frozen=True)
 class Samples:
-    """Raw per-call times in seconds, one per sample, and how each was taken."""
+    """Raw per-call times in seconds, one per sample, and how each was taken.
+
+    ``rounds`` holds each sample's interleaving round and ``group`` names the timing of one
+    size the rounds belong to (None: not interleaved, e.g. read back from an earlier part of a
+    resumed run): two cases' samples pair up only within one group.
+    """
 
     seconds: tuple[float, ...]
     calls_per_sample: int
+    rounds: tuple[int, ...] = ()
+    group: int | None = None
 
     @property
     def median_s(self) -> float:
         return float(np.median(self.seconds))
+
+    @property
+    def interval(self) -> Interval:
+        """The median and its 95% interval."""
+        return median_interval(self.seconds)
+
+    def paired_with(self, other: Samples) -> bool:
+        return self.group is not None and self.group == other.group and bool(self.rounds)
+
+    def speedup(self, builtin: Samples) -> Interval:
+        """How many times faster than ``builtin``, with its 95% interval: the median of the
+        per-round ratios where the two were interleaved, else the ratio of the medians with the
+        (wider, conservative) interval its two intervals allow."""
+        if self.paired_with(builtin):
+            ratios = paired_ratios(by_round(builtin.seconds, builtin.rounds),
+                                   by_round(self.seconds, self.rounds))
+            if ratios:
+                return median_interval(ratios)
+        mine, theirs = self.interval, builtin.interval
+        if not mine.value or not mine.lo:
+            return UNKNOWN
+        return Interval(theirs.value / mine.value, theirs.lo / mine.hi, theirs.hi / mine.lo,
+                        mine.coverage * theirs.coverage)
 
     @property
     def iqr_s(self) -> float:
@@ -88,6 +120,8 @@ class CaseResult:
     flops: int = 0
     bytes: int = 0
     speedup_vs_builtin: float = NAN
+    speedup_lo: float = NAN
+    speedup_hi: float = NAN
     max_abs_err: float = NAN
     rel_err: float = NAN
     grad_max_abs_err: float = NAN
@@ -101,25 +135,42 @@ class CaseResult:
     op_calls: float = NAN
     threads: int = 0
     seed: int = 0
+    precision: float = NAN  # the larger relative half-width of the median's and speedup's
+    busy_cores: float = NAN  # cores other processes used while the case was sampled
+    stable: bool | None = None  # precise and undisturbed (None: not timed)
+    flags: list[str] = field(default_factory=list)
     ops: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def median_s(self) -> float:
         return self.samples.median_s if self.samples else NAN
 
-    def relate(self, builtin_s: float | None, ceilings: dict[str, Any] | None,
-               tf32: dict[str, Any]) -> None:
-        """Speed relative to the eager builtin's median ``builtin_s`` (None: not timed), and
-        the roofline fraction under the device's ``ceilings`` (None: not calibrated);
-        ``tf32`` holds the TF32 flags the case ran under."""
+    def relate(self, builtin: Samples | None, ceilings: dict[str, Any] | None,
+               tf32: dict[str, Any], forward: Samples | None = None) -> None:
+        """Speed relative to the eager ``builtin``'s samples (None: not timed), the roofline
+        fraction under the device's ``ceilings`` (None: not calibrated; ``tf32`` holds the TF32
+        flags the case ran under), the precision reached, and the plausibility flags
+        (``forward``: the samples of the same case in ``fwd`` mode, for a ``fwdbwd`` case)."""
         if not self.samples:
             return
-        if builtin_s is not None:
-            self.speedup_vs_builtin = builtin_s / self.median_s
+        widths = [self.samples.interval.precision]
+        if builtin is not None and self.case != self.case.baseline:
+            speedup = self.samples.speedup(builtin)
+            self.speedup_vs_builtin, self.speedup_lo, self.speedup_hi = (
+                speedup.value, speedup.lo, speedup.hi)
+            widths.append(speedup.precision)
+        elif builtin is not None:
+            self.speedup_vs_builtin = 1.0
+        self.precision = max(widths)
+        peak_key = precision(self.case.dtype, self.case.device, tf32)
         if ceilings is not None:
             self.roofline_frac = roofline_frac(
-                self.flops / self.median_s / 1e9, self.flops, self.bytes, ceilings,
-                precision(self.case.dtype, self.case.device, tf32))
+                self.flops / self.median_s / 1e9, self.flops, self.bytes, ceilings, peak_key)
+        self.flags = [f for f in self.flags if not f.startswith(PLAUSIBILITY_TAGS)]
+        self.flags += implausible(
+            self.median_s, self.flops, self.bytes, speedup=self.speedup_vs_builtin,
+            forward_s=forward.median_s if forward is not None else None,
+            ceilings=ceilings, peak_key=peak_key)
 
     def row(self) -> dict[str, Any]:
         c, s = self.case, self.samples
@@ -133,6 +184,8 @@ class CaseResult:
             "iqr_ms": s.iqr_s * 1e3 if s else NAN,
             "min_ms": s.min_s * 1e3 if s else NAN,
             "mean_ms": s.mean_s * 1e3 if s else NAN,
+            "ci_lo_ms": s.interval.lo * 1e3 if s else NAN,
+            "ci_hi_ms": s.interval.hi * 1e3 if s else NAN,
             "n_samples": len(s.seconds) if s else 0,
             "calls_per_sample": s.calls_per_sample if s else 0,
             "compile_s": self.compile_s,
@@ -141,12 +194,16 @@ class CaseResult:
             "gbps": self.bytes / median_s / 1e9 if s else NAN,
             "roofline_frac": self.roofline_frac,
             "speedup_vs_builtin": self.speedup_vs_builtin,
+            "speedup_lo": self.speedup_lo, "speedup_hi": self.speedup_hi,
             "max_abs_err": self.max_abs_err, "rel_err": self.rel_err,
             "grad_max_abs_err": self.grad_max_abs_err, "grad_rel_err": self.grad_rel_err,
             "rtol": self.rtol, "atol": self.atol,
             "peak_mem_bytes": self.peak_mem_bytes, "predicted_s": self.predicted_s,
             "predicted_call_s": self.predicted_call_s, "op_calls": self.op_calls,
             "threads": self.threads, "seed": self.seed,
+            "precision": self.precision, "busy_cores": self.busy_cores,
+            "stable": NAN if self.stable is None or not s else int(self.stable),
+            "flags": "; ".join(self.flags),
         }
 
 

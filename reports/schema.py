@@ -25,14 +25,22 @@ SCHEMA_VERSION = 1
 
 KEY_COLUMNS = ("layer", "impl", "compile", "device", "dtype", "mode", "case")
 RESULT_COLUMNS = (
-    "status", "reason", "median_ms", "iqr_ms", "min_ms", "mean_ms", "n_samples",
-    "calls_per_sample", "compile_s", "flops", "bytes", "gflops", "gbps", "roofline_frac",
-    "speedup_vs_builtin", "max_abs_err", "rel_err", "grad_max_abs_err", "grad_rel_err", "rtol",
-    "atol", "peak_mem_bytes", "predicted_s", "predicted_call_s", "op_calls", "threads", "seed",
+    "status", "reason", "median_ms", "iqr_ms", "min_ms", "mean_ms", "ci_lo_ms", "ci_hi_ms",
+    "n_samples", "calls_per_sample", "compile_s", "flops", "bytes", "gflops", "gbps",
+    "roofline_frac", "speedup_vs_builtin", "speedup_lo", "speedup_hi", "max_abs_err", "rel_err",
+    "grad_max_abs_err", "grad_rel_err", "rtol", "atol", "peak_mem_bytes", "predicted_s",
+    "predicted_call_s", "op_calls", "threads", "seed", "precision", "busy_cores", "stable",
+    "flags",
 )
+#: columns of text; every other result column is a number (empty: not measured)
+TEXT_COLUMNS = ("status", "reason", "flags")
 # Added after the first runs were written: absent columns load as empty.
-OPTIONAL_COLUMNS = ("predicted_call_s", "op_calls")
-SAMPLE_COLUMNS = (*KEY_COLUMNS, "sample", "seconds")
+OPTIONAL_COLUMNS = ("predicted_call_s", "op_calls", "ci_lo_ms", "ci_hi_ms", "speedup_lo",
+                    "speedup_hi", "precision", "busy_cores", "stable", "flags")
+#: ``round``: the interleaving round a sample was taken in (samples of one size that share a
+#: round were taken back to back, in an order rotated every round)
+SAMPLE_COLUMNS = (*KEY_COLUMNS, "sample", "round", "seconds")
+OPTIONAL_SAMPLE_COLUMNS = ("round",)
 OPS_COLUMNS = (*KEY_COLUMNS, "profiled_case", "op", "calls", "self_cpu_us", "cpu_total_us",
                "self_device_us", "device_total_us", "self_cpu_mem_bytes", "note")
 STATUSES = ("ok", "incorrect", "error", "oom", "timeout", "skipped")
@@ -40,7 +48,7 @@ STATUSES = ("ok", "incorrect", "error", "oom", "timeout", "skipped")
 TIMED = ("ok", "incorrect")
 #: statuses that make a run fail (exit 1): oom, timeout and skipped are results, not failures
 FAILED = ("incorrect", "error")
-NUMERIC_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in ("status", "reason"))
+NUMERIC_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in TEXT_COLUMNS)
 
 #: the implementation every other is compared with, eager (``speedup_vs_builtin``)
 BASELINE_IMPL = "builtin"
@@ -144,6 +152,7 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     for column in OPTIONAL_COLUMNS:
         if column not in frame.columns:
             frame[column] = math.nan
+    frame["flags"] = frame["flags"].astype(object).fillna("").astype(str)
     missing = [c for c in ("run_id", *KEY_COLUMNS, *RESULT_COLUMNS) if c not in frame.columns]
     if missing:
         raise RunDataError(f"{results}: missing column(s) {', '.join(missing)}")
@@ -166,7 +175,10 @@ def exit_code(results: pd.DataFrame) -> int:
 def load_samples(run_dir: str | Path) -> pd.DataFrame:
     """``samples.csv`` (one row per timing sample, in seconds per call); empty if none."""
     path = Path(run_dir) / "samples.csv"
-    frame = _optional_table(path, SAMPLE_COLUMNS)
+    frame = _optional_table(path, [c for c in SAMPLE_COLUMNS if c not in OPTIONAL_SAMPLE_COLUMNS])
+    for column in OPTIONAL_SAMPLE_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = math.nan
     if len(frame) and not pd.api.types.is_numeric_dtype(frame["seconds"]):
         raise RunDataError(f"{path}: non-numeric seconds")
     return frame

@@ -85,3 +85,11 @@ def format_seconds(seconds: float) -> str:
         if seconds < below:
             return f"{seconds / scale:.3g} {unit}"
     return f"{seconds / 3600:.3g} h"
+
+
+def speedup_text(speedup: float, lo: float = float("nan"), hi: float = float("nan")) -> str:
+    """``x2.31 (2.25-2.37)``: a speedup with its 95% interval where known; '' for NaN."""
+    if speedup != speedup:
+        return ""
+    interval = f" ({lo:.3g}-{hi:.3g})" if lo == lo and hi == hi else ""
+    return f"x{speedup:.3g}{interval}"

@@ -42,15 +42,25 @@ def _warm_compiler() -> None:
     torch._dynamo.reset()
 
 
-def compiled(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
+def reset_compiler() -> None:
+    """Forget every compiled graph and guard (dynamo's caches), after warming the compiler."""
+    _warm_compiler()
+    torch._dynamo.reset()
+
+
+def compiled(fn: Callable[..., Any], mode: str, reset: bool = True) -> Callable[..., Any]:
     """``fn`` itself for ``mode == "none"``, else a fresh ``torch.compile`` of it.
 
-    Dynamo is reset first so one implementation's guards and graphs never leak into the next.
+    With ``reset``, dynamo is reset first so one implementation's guards and graphs never leak
+    into the next. The runner resets once per size group instead (``reset_compiler``): a reset
+    would drop the graphs of the group's other compiled functions, which are timed side by side.
     """
     if mode == "none":
         return fn
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r} (choose from {', '.join(COMPILE_MODES)})")
-    _warm_compiler()
-    torch._dynamo.reset()
+    if reset:
+        reset_compiler()
+    else:
+        _warm_compiler()
     return torch.compile(fn, mode=None if mode == "default" else mode, fullgraph=False)

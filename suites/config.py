@@ -10,14 +10,18 @@ from typing import Any
 
 @dataclass(frozen=True)
 class TimingConfig:
-    """How long and how often to measure one case.
+    """How long and how often to measure one case (``suites.rounds`` applies it).
 
-    ``min_time_s`` of samples are collected per case, each sample a block of calls lasting about
-    ``block_s`` (one call per sample for calls longer than that), and never fewer than
-    ``min_samples`` samples (``slow_min_samples`` for calls over a second, e.g. naive loops).
+    Each sample is a block of calls lasting about ``block_s`` (one call per sample for calls
+    longer than that). A case takes at least ``min_samples`` samples (``slow_min_samples`` for
+    calls over a second, e.g. naive loops) and ``min_time_s`` of them; then it stops once its
+    median and its speed against the builtin are known to ``precision`` (the relative
+    half-width of their 95% intervals), or after ``max_time_s`` of samples.
     """
 
-    min_time_s: float = 0.5
+    min_time_s: float = 0.25
+    max_time_s: float = 2.0
+    precision: float = 0.02
     warmup_s: float = 0.1
     block_s: float = 0.01
     min_samples: int = 7
@@ -75,7 +79,9 @@ class BenchOptions:
     preset: str = "default"
     size: str | None = None  # k=v,... on top of the notes' size
     budget_s: float = 10.0
-    min_time_s: float = 0.5
+    min_time_s: float = 0.25
+    max_time_s: float = 2.0
+    precision: float = 0.02
     trials: int = 3
     seed: int = 0
     profile: bool = False

@@ -1,10 +1,10 @@
-"""Where a case runs: in this process, or in a worker process that may hang, crash or be killed.
+"""Where a size group runs: in this process, or in a worker process that may hang, crash or die.
 
 An implementation under test can be stuck in one long native call, corrupt the heap (torch 2.13's
 inductor does, for one conv backward on this CPU), call ``os._exit`` or be killed by the OOM
 killer. In a worker process that costs the worker, not the run: the case becomes a ``timeout`` or
-``error`` row and a fresh worker takes the next case. In this process, the time limit is a signal
-that interrupts Python code (and sleeps), but not one long native call.
+``error`` row and a fresh worker runs the rest of its group again. In this process, the time
+limit is a signal that interrupts Python code (and sleeps), but not one long native call.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import contextlib
 import multiprocessing
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -32,33 +34,72 @@ class Lost:
     reason: str
 
 
+class CaseLost(Exception):
+    """A case's time ran out in this process: its guard raises this, and the runner records
+    the case as ``status`` with ``reason`` while the rest of its group goes on."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
 class CaseTimeout(BaseException):
     """Raised in this process when a case overruns (a BaseException: no ``except Exception``
     inside the case may swallow it)."""
 
 
-Target = Callable[[Any, BenchConfig, Path | None], Any]  # (case, config, profile_root) -> result
+Guard = Callable[[int], AbstractContextManager[None]]
+# (cases of one size group, config, profile_root, guard) -> one result per case
+Target = Callable[[list[Any], BenchConfig, Path | None, Guard], list[Any]]
 
 
 class InProcess:
-    """Run each case here, under a signal-based time limit (main thread only)."""
+    """Run each group here; each case under a signal-based time limit (main thread only).
+
+    The limit is per case over everything it does (its check, warm-up and every sample of the
+    rounds): the group's guard arms the alarm with what is left of the case's time.
+    """
 
     def __init__(self, config: BenchConfig, target: Target) -> None:
         self.config, self.target = config, target
 
-    def __call__(self, case: Any, profile_root: Path | None) -> Any:
-        try:
-            with _alarm(self.config.timeout_s):
-                return self.target(case, self.config, profile_root)
-        except CaseTimeout:
-            return Lost("timeout", timeout_reason(self.config.timeout_s, isolated=False))
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __call__(self, group: list[Any], profile_root: Path | None) -> list[Any]:
+        limit = self.config.timeout_s
+        spent = [0.0] * len(group)
+
+        @contextlib.contextmanager
+        def guard(index: int) -> Iterator[None]:
+            left = limit - spent[index]
+            if limit > 0 and left <= 0:
+                raise CaseLost("timeout", timeout_reason(limit, isolated=False))
+            start = time.perf_counter()
+            try:
+                with _alarm(left if limit > 0 else 0):
+                    yield
+            except CaseTimeout:
+                raise CaseLost("timeout", timeout_reason(limit, isolated=False)) from None
+            finally:
+                spent[index] += time.perf_counter() - start
+
+        return self.target(group, self.config, profile_root, guard)
 
     def close(self, kill: bool = False) -> None:
         pass
 
 
 class Isolated:
-    """Run each case in a worker process, started on first use and replaced when lost."""
+    """Run each group in a worker process, started on first use and replaced when lost.
+
+    The worker says which case it works on (``("case", i)``, then ``("idle", i)``); the parent
+    holds each case to its time limit. A case that overruns or kills the worker is lost (its
+    worker killed or gone); a fresh worker then runs the group's remaining cases again.
+    """
 
     def __init__(self, config: BenchConfig, target: Target) -> None:
         self.config, self.target = config, target
@@ -66,18 +107,47 @@ class Isolated:
         self._process: Any = None
         self._conn: Connection | None = None
 
-    def __call__(self, case: Any, profile_root: Path | None) -> Any:
+    def __call__(self, group: list[Any], profile_root: Path | None) -> list[Any]:
+        results: list[Any] = [None] * len(group)
+        spent = [0.0] * len(group)
+        while pending := [i for i, r in enumerate(results) if r is None]:
+            for position, outcome in self._attempt([group[i] for i in pending], profile_root,
+                                                   [spent[i] for i in pending]).items():
+                results[pending[position]] = outcome
+            if all(results[i] is None for i in pending):  # nothing came back: give up on them
+                for i in pending:
+                    results[i] = Lost("error", "the worker process failed outside any case")
+        return results
+
+    def _attempt(self, cases: list[Any], profile_root: Path | None,
+                 spent: list[float]) -> dict[int, Any]:
+        """Run ``cases`` in the worker; what came back (a lost case included) by position."""
         if self._process is None or not self._process.is_alive():
             self._start()
         assert self._conn is not None
-        self._conn.send((case, profile_root))
-        if not self._conn.poll(self.config.timeout_s):
-            self._stop(kill=True)
-            return Lost("timeout", timeout_reason(self.config.timeout_s, isolated=True))
-        try:
-            return self._conn.recv()
-        except (EOFError, OSError):
-            return Lost("error", self._death())
+        self._conn.send((cases, profile_root))
+        limit, current, since = self.config.timeout_s, None, time.perf_counter()
+        while True:
+            wait = (max(limit - spent[current] - (time.perf_counter() - since), 0.0)
+                    if current is not None else limit)
+            if not self._conn.poll(wait):
+                self._stop(kill=True)
+                if current is None:
+                    return {}
+                return {current: Lost("timeout", timeout_reason(limit, isolated=True))}
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                death = self._death()
+                return {} if current is None else {current: Lost("error", death)}
+            kind, payload = message
+            if kind == "case":
+                current, since = payload, time.perf_counter()
+            elif kind == "idle":
+                spent[payload] += time.perf_counter() - since
+                current = None
+            else:  # "done": every result
+                return dict(enumerate(payload))
 
     def close(self, kill: bool = False) -> None:
         self._stop(kill=kill)
@@ -138,6 +208,20 @@ def timeout_reason(limit_s: float, isolated: bool) -> str:
     return f"exceeded the {limit_s:g} s limit per case (--timeout); {how}"
 
 
+def _reporting(conn: Connection) -> Guard:
+    """The worker's guard: tell the parent which case the work in it belongs to."""
+
+    @contextlib.contextmanager
+    def guard(index: int) -> Iterator[None]:
+        conn.send(("case", index))
+        try:
+            yield
+        finally:
+            conn.send(("idle", index))
+
+    return guard
+
+
 def _serve(conn: Connection, config: BenchConfig, target: Target) -> None:
     """The worker: set up like the parent, then run cases until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -156,10 +240,10 @@ def _serve(conn: Connection, config: BenchConfig, target: Target) -> None:
     conn.send("ready")
     while True:
         try:
-            case, profile_root = conn.recv()
+            cases, profile_root = conn.recv()
         except (EOFError, OSError):
             return
-        conn.send(target(case, config, profile_root))
+        conn.send(("done", target(cases, config, profile_root, _reporting(conn))))
 
 
 @contextlib.contextmanager

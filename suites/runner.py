@@ -1,31 +1,41 @@
 """Run cases: check each against the reference, time it, and hand the result to a sink.
 
-A case never crashes the run: an implementation that raises becomes an ``error`` row, one that
-runs out of memory an ``oom`` row, a wrong one ``incorrect`` (timed all the same), a naive loop
-predicted to exceed the budget ``skipped``, one that overruns ``--timeout`` a ``timeout`` row,
-and one that kills its worker process (``--isolate``) an ``error`` row.
+The implementations of one size (a size group: same layer, device, dtype, mode and size, every
+compile mode) are checked and warmed up one by one, then timed together in interleaved rounds
+(``suites.rounds``), so that the speed against the builtin is a paired ratio. A case never
+crashes the run: an implementation that raises becomes an ``error`` row, one that runs out of
+memory an ``oom`` row, a wrong one ``incorrect`` (timed all the same), a naive loop predicted
+to exceed the budget ``skipped``, one that overruns ``--timeout`` a ``timeout`` row, and one
+that kills its worker process (``--isolate``) an ``error`` row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
+import os
 import time
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from impls.registry import DTYPE_NAMES, REGISTRY, Unsupported
-from reports.record import Case, CaseResult
+from reports.plausibility import INSTABILITY_TAGS
+from reports.record import Case, CaseResult, Samples
 from reports.schema import TIMED
 from suites.budget import predict
-from suites.compilation import compiled
+from suites.compilation import compiled, reset_compiler
 from suites.config import BenchConfig
 from suites.correctness import TOLERANCES, Call, bind, check, make_trial, tolerance_key
-from suites.devices import device, tf32_flags
-from suites.isolation import Lost, executor
+from suites.devices import Device, device, tf32_flags
+from suites.interference import interference
+from suites.isolation import CaseLost, InProcess, Lost, executor
 from suites.profiling import (
     NAIVE_SETTINGS,
     CaseProfile,
@@ -34,7 +44,8 @@ from suites.profiling import (
     profile_case,
     trace_name,
 )
-from suites.timing import measure
+from suites.rounds import Contestant, Guard, run_rounds
+from suites.timing import sampler
 
 NAN = float("nan")
 
@@ -47,61 +58,112 @@ class Sink(Protocol):
     def finished(self, result: CaseResult) -> None: ...
 
 
+def groups(cases: Sequence[Case]) -> list[list[Case]]:
+    """``cases`` cut into size groups, in order: the implementations (every compile mode) of one
+    (layer, device, dtype, mode, size), timed together in interleaved rounds."""
+    found: dict[tuple[str, ...], list[Case]] = {}
+    for case in cases:
+        found.setdefault(_size_key(case), []).append(case)
+    return list(found.values())
+
+
 def run(config: BenchConfig, cases: list[Case], sinks: Sequence[Sink],
         profile_root: Path | None = None,
         ceilings: Mapping[str, dict[str, Any]] | None = None,
-        baselines: Mapping[Case, float] | None = None) -> list[CaseResult]:
-    """Run ``cases`` in order; each result goes to every sink as soon as it is known.
+        known: Mapping[Case, Samples] | None = None) -> list[CaseResult]:
+    """Run ``cases`` size group by size group; each result goes to every sink as soon as its
+    group ends.
 
-    Each case runs in this process or, with ``config.isolate``, in a worker process (see
+    Each group runs in this process or, with ``config.isolate``, in a worker process (see
     ``suites.isolation``). With ``config.profile``, each measured case is then profiled into
     ``profile_root/<case>/``. ``ceilings`` (device -> ``calibration.ceilings``) give each timed
-    case its roofline fraction; ``baselines`` (eager builtin case -> median seconds) carry the
-    builtins of an earlier part of a resumed run.
+    case its roofline fraction; ``known`` holds the samples of cases timed in an earlier part
+    of a resumed run (the builtins, the forward of a fwdbwd case).
     """
-    ceilings, known = ceilings or {}, dict(baselines or {})
+    ceilings, known = ceilings or {}, dict(known or {})
     results = []
     # Objects alive now (torch, the registry, ...) are never garbage: moved out of the
-    # collector's sight, the gc.collect() after each case takes ~1 ms instead of ~100 ms.
+    # collector's sight, the gc.collect() after each group takes ~1 ms instead of ~100 ms.
     gc.freeze()
-    execute = executor(config, execute_case)
+    execute = executor(config, execute_group)
     try:
-        for case in cases:
+        for group in groups(cases):
             for sink in sinks:
-                sink.started(case)
-            result = execute(case, profile_root)
-            if isinstance(result, Lost):
-                lost, result = result, new_result(case, config)
-                result.status, result.reason = lost.status, lost.reason
-            if case == case.baseline and result.status in TIMED:
-                known[case] = result.median_s
-            result.relate(known.get(case.baseline), ceilings.get(case.device), tf32_flags())
-            for sink in sinks:
-                sink.finished(result)
-            results.append(result)
-    except BaseException:  # Ctrl-C: stop the case in flight now, not after it ends
+                sink.started(group[0])
+            for case, outcome in zip(group, execute(group, profile_root), strict=True):
+                result = outcome
+                if isinstance(outcome, Lost):
+                    result = new_result(case, config)
+                    result.status, result.reason = outcome.status, outcome.reason
+                if result.status in TIMED and result.samples:
+                    known[case] = result.samples
+                judge(result, config, known, ceilings.get(case.device))
+                for sink in sinks:
+                    sink.finished(result)
+                results.append(result)
+    except BaseException:  # Ctrl-C: stop the group in flight now, not after it ends
         execute.close(kill=True)
         raise
     execute.close()
     return results
 
 
-def execute_case(case: Case, config: BenchConfig, profile_root: Path | None) -> CaseResult:
-    """One case, all of it: check, time and (with ``config.profile``) profile."""
-    result = run_case(case, config)
-    if config.profile and profile_root is not None and result.status in TIMED:
-        name = trace_name(case)
-        try:
-            found = profile_one(case, config.seed, profile_root / name,
-                                chrome_trace=profile_root / name / "trace.json")
-        except Exception as exc:  # a profiler failure must not lose the timing row
-            result.ops = [{**ops_key(case, case.label), "op": "<profiler failed>",
-                           "note": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}]
-        else:
-            result.ops, result.op_calls = found.ops, found.op_calls
-            if math.isnan(result.peak_mem_bytes):  # measured in the timing pass where it can be
-                result.peak_mem_bytes = found.peak_mem_bytes
-    return result
+def judge(result: CaseResult, config: BenchConfig, known: Mapping[Case, Samples],
+          ceilings: dict[str, Any] | None) -> None:
+    """What a result means beside the others: its speed against the builtin, roofline,
+    plausibility, and whether it is stable (precise enough and undisturbed)."""
+    case = result.case
+    if result.status not in TIMED or not result.samples:
+        return
+    forward = known.get(dataclasses.replace(case, mode="fwd")) if case.mode == "fwdbwd" else None
+    result.relate(known.get(case.baseline), ceilings, tf32_flags(), forward=forward)
+    reasons = []
+    if not result.precision <= config.timing.precision:
+        reasons.append(f"imprecise: median{' and speedup' if case != case.baseline else ''} "
+                       f"known to +-{result.precision:.1%}, target +-{config.timing.precision:.1%}"
+                       f" (n={len(result.samples.seconds)})")
+    if disturbed := interference(result.busy_cores, result.threads, device(case.device).kind):
+        reasons.append(disturbed)
+    result.flags = [*reasons, *(f for f in result.flags if not f.startswith(INSTABILITY_TAGS))]
+    result.stable = not reasons
+
+
+def execute_group(group: list[Case], config: BenchConfig, profile_root: Path | None,
+                  guard: Guard) -> list[CaseResult]:
+    """One size group, all of it: check and warm up each case, time them together in rounds,
+    then (with ``config.profile``) profile each. ``guard(i)`` wraps all work on case ``i``."""
+    results = [new_result(case, config) for case in group]
+    where = device(group[0].device)
+    if any(case.compile != "none" for case in group):
+        reset_compiler()  # once per group: the group's compiled functions live side by side
+    ready: dict[int, _Prepared] = {}
+    try:
+        with torch.set_grad_enabled(group[0].mode != "fwd"), where.selected():
+            for i, case in enumerate(group):
+                prepared_case = _guarded(results[i], guard(i), _prepare, case, config, results[i])
+                if prepared_case is not None:
+                    ready[i] = prepared_case
+            indices = list(ready)
+            run_rounds([p.contestant for p in ready.values()], config.timing,
+                       seed=config.seed + zlib.crc32(repr(_size_key(group[0])).encode()),
+                       guard=lambda position: guard(indices[position]))
+            group_id = int.from_bytes(os.urandom(6), "little")
+            for i, prepared_case in ready.items():
+                _finish(results[i], prepared_case, group_id, guard(i), where)
+    finally:
+        ready.clear()
+        where.release_memory()
+    if config.profile and profile_root is not None:
+        for i, result in enumerate(results):
+            if result.status in TIMED:
+                _guarded(result, guard(i), _profile, result, config.seed, profile_root)
+    return results
+
+
+def run_case(case: Case, config: BenchConfig) -> CaseResult:
+    """Check and time one case alone (a group of one); failures become its status and reason."""
+    with InProcess(config, execute_group) as execute:
+        return execute([case], None)[0]
 
 
 def new_result(case: Case, config: BenchConfig) -> CaseResult:
@@ -113,41 +175,31 @@ def new_result(case: Case, config: BenchConfig) -> CaseResult:
                       threads=torch.get_num_threads(), seed=config.seed)
 
 
-def run_case(case: Case, config: BenchConfig) -> CaseResult:
-    """Check and time one case; failures become the result's status and reason."""
-    impl, dtype = REGISTRY.impl(case.layer, case.impl), DTYPE_NAMES[case.dtype]
-    result = new_result(case, config)
-    where = device(case.device)
-    unsupported = (impl.unsupported(case.device, dtype, case.mode, case.compile)
-                   or where.dtype_problem(dtype))
-    if unsupported:
-        result.status, result.reason = "skipped", unsupported
-        return result
-    try:
-        with torch.set_grad_enabled(case.mode != "fwd"), where.selected():
-            _measure_case(case, config, result)
-    except Unsupported as exc:
-        result.status, result.reason, result.samples = "skipped", str(exc), None
-    except Exception as exc:  # failure is data: the run goes on
-        result.status, result.reason = _failure(exc)
-        result.samples = None
-    finally:
-        where.release_memory()
-    return result
+@dataclass
+class _Prepared:
+    """A case checked and warmed up, ready for the rounds."""
+
+    contestant: Contestant
+    step: Call
+    first_call_s: float  # the first call's time with torch.compile (it compiles), else NaN
 
 
-def _measure_case(case: Case, config: BenchConfig, result: CaseResult) -> None:
+def _prepare(case: Case, config: BenchConfig, result: CaseResult) -> _Prepared | None:
+    """Check ``case`` and make it a warmed-up contestant (None: skipped)."""
     layer, impl = REGISTRY.layer(case.layer), REGISTRY.impl(case.layer, case.impl)
-    dtype, params = DTYPE_NAMES[case.dtype], case.size
+    dtype, params, where = DTYPE_NAMES[case.dtype], case.size, device(case.device)
+    if unsupported := (impl.unsupported(case.device, dtype, case.mode, case.compile)
+                       or where.dtype_problem(dtype)):
+        result.status, result.reason = "skipped", unsupported
+        return None
     if impl.naive:
         prediction = predict(impl, layer, params, dtype, case.device, case.mode, config)
         result.predicted_s, result.predicted_call_s = prediction.case_s, prediction.per_call_s
         if prediction.case_s > config.budget_s:
             result.status, result.reason = "skipped", prediction.reason(config.budget_s)
-            return
-    fn = compiled(impl.fn, case.compile)
+            return None
+    fn = compiled(impl.fn, case.compile, reset=False)
     seeds = [config.seed + i for i in range(config.trials)]
-    where = device(case.device)
     first_call_s = NAN
     if case.compile != "none":  # the first call compiles; time it alone
         first = bind(fn, make_trial(layer, params, seeds[0], dtype, case.device, case.mode))
@@ -162,12 +214,59 @@ def _measure_case(case: Case, config: BenchConfig, result: CaseResult) -> None:
     if not verdict.ok:
         result.status, result.reason = "incorrect", "; ".join(verdict.problems)
     step = bind(fn, trial)
-    result.samples = measure(step, where, config.timing, torch.get_num_threads())
-    if not math.isnan(first_call_s):
-        result.compile_s = max(first_call_s - result.median_s, 0.0)
-    peak = where.peak_memory_bytes(step)
+    contestant = sampler(step, where, config.timing)
+    contestant.anchor = case == case.baseline
+    return _Prepared(contestant, step, first_call_s)
+
+
+def _finish(result: CaseResult, prepared_case: _Prepared, group_id: int,
+            guard: AbstractContextManager[None], where: Device) -> None:
+    """The samples the rounds took of a case, or its failure."""
+    contestant = prepared_case.contestant
+    if contestant.failure is not None:
+        result.status, result.reason = _failure(contestant.failure)
+        return
+    result.samples = contestant.samples(group_id)
+    result.busy_cores = contestant.meter.busy_cores
+    if not math.isnan(prepared_case.first_call_s):
+        result.compile_s = max(prepared_case.first_call_s - result.median_s, 0.0)
+    peak = _guarded(result, guard, where.peak_memory_bytes, prepared_case.step)
     if peak is not None:
         result.peak_mem_bytes = peak
+
+
+def _profile(result: CaseResult, seed: int, profile_root: Path) -> None:
+    case, name = result.case, trace_name(result.case)
+    try:
+        found = profile_one(case, seed, profile_root / name,
+                            chrome_trace=profile_root / name / "trace.json")
+    except CaseLost:
+        raise
+    except Exception as exc:  # a profiler failure must not lose the timing row
+        result.ops = [{**ops_key(case, case.label), "op": "<profiler failed>",
+                       "note": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}]
+    else:
+        result.ops, result.op_calls = found.ops, found.op_calls
+        if math.isnan(result.peak_mem_bytes):  # measured in the timing pass where it can be
+            result.peak_mem_bytes = found.peak_mem_bytes
+
+
+def _guarded(result: CaseResult, guard: AbstractContextManager[None],
+             work: Callable[..., Any], *args: Any) -> Any:
+    """``work(*args)`` under ``guard``; a failure becomes ``result``'s status (returns None)."""
+    try:
+        with guard:
+            return work(*args)
+    except Unsupported as exc:
+        result.status, result.reason, result.samples = "skipped", str(exc), None
+    except Exception as exc:  # failure is data: the run goes on
+        result.status, result.reason = _failure(exc)
+        result.samples = None
+    return None
+
+
+def _size_key(case: Case) -> tuple[str, ...]:
+    return (case.layer, case.device, case.dtype, case.mode, case.label)
 
 
 def profile_one(case: Case, seed: int, trace_dir: Path,
@@ -198,6 +297,8 @@ def prepared(case: Case, seed: int) -> Call:
 
 
 def _failure(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, CaseLost):
+        return exc.status, exc.reason
     message = " ".join(str(exc).split())[:500]
     if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in message:
         return "oom", f"{type(exc).__name__}: {message}"

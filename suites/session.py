@@ -18,17 +18,26 @@ from typing import Any
 import torch
 
 from impls import DTYPE_NAMES, MODES, REGISTRY, RegistryError
-from reports.console import ProgressBar, console, impl_table, problems, say, summary_tables
+from reports.console import (
+    ProgressBar,
+    console,
+    impl_table,
+    load_lines,
+    problems,
+    say,
+    summary_tables,
+)
 from reports.meta import ceiling_text
 from reports.outcome import EXIT_INTERRUPTED, UsageError
-from reports.record import Case
-from reports.schema import KEY_COLUMNS, TIMED, exit_code, load_run
+from reports.record import Case, Samples
+from reports.schema import KEY_COLUMNS, TIMED, exit_code, load_run, load_samples
 from reports.writer import RunWriter, new_run_dir, open_resumed
 from suites import calibration, devices
 from suites.cases import plan
 from suites.compilation import COMPILE_MODES, PROJECT_ROOT, use_project_cache
 from suites.config import BenchConfig, BenchOptions, RunOptions, TimingConfig, config_from_dict
 from suites.environment import machine_info
+from suites.interference import LoadWatch
 from suites.presets import PRESET_NAMES, notes_size, parse_size
 from suites.runner import run
 
@@ -107,10 +116,23 @@ def resolve(options: BenchOptions) -> BenchConfig:
         compile_modes=compile_modes, preset=choose("preset", (options.preset,), PRESET_NAMES)[0],
         size=size, budget_s=options.budget_s, trials=options.trials, seed=options.seed,
         threads=options.run.threads, profile=options.profile,
-        timing=TimingConfig(min_time_s=options.min_time_s), out=options.run.out,
+        timing=timing_config(options.min_time_s, options.max_time_s, options.precision),
+        out=options.run.out,
         impl_files=options.run.impl_files, timeout_s=options.timeout_s,
         isolate=options.isolate if options.isolate is not None else bool(
             options.run.impl_files or set(compile_modes) - {"none"}))
+
+
+def timing_config(min_time_s: float, max_time_s: float, precision: float) -> TimingConfig:
+    """The timing options, checked (``UsageError``: a cap below the minimum, a precision that
+    is not a fraction between 0 and 1)."""
+    if not 0 < precision < 1:
+        raise UsageError(f"--precision {precision:g}: give a fraction between 0 and 1, e.g. "
+                         "0.02 for +-2%")
+    if min_time_s < 0 or max_time_s < max(min_time_s, 1e-3):
+        raise UsageError(f"--max-time {max_time_s:g} s: the cap must be at least --min-time "
+                         f"({min_time_s:g} s)")
+    return TimingConfig(min_time_s=min_time_s, max_time_s=max_time_s, precision=precision)
 
 
 def planned(config: BenchConfig) -> list[Case]:
@@ -153,13 +175,29 @@ def resume(run_dir: Path, quiet: bool, report: bool) -> int:
     meta, rows = open_resumed(run_dir, _params(config))
     done = {tuple(r[k] for k in KEY_COLUMNS): r for r in rows}
     todo = [c for c in cases if c.key not in done]
-    baselines = {c: float(done[c.key]["median_ms"]) / 1e3 for c in cases
-                 if c.key in done and c == c.baseline and done[c.key]["status"] in TIMED}
     set_threads(config.threads)
     say(f"resuming {run_dir}: {len(rows)} of {len(cases)} cases already done", stderr=True)
     writer = RunWriter(run_dir, _params(config),
                        {**meta, "calibration": all_ceilings(config.devices)}, resumed=True)
-    return run_cases(config, todo, writer, quiet, report, baselines)
+    timed = [r for r in rows if r["status"] in TIMED]
+    watch = LoadWatch(torch.get_num_threads(), timed=len(timed),
+                      unstable=sum(r.get("stable") == "0" for r in timed),
+                      disturbed=sum("interference:" in r.get("flags", "") for r in timed))
+    return run_cases(config, todo, writer, quiet, report, _timed_samples(run_dir, cases, done),
+                     watch)
+
+
+def _timed_samples(run_dir: Path, cases: list[Case],
+                   done: dict[tuple[str, ...], dict[str, str]]) -> dict[Case, Samples]:
+    """The samples of the cases an earlier part of a run timed (not paired with anything new)."""
+    samples = load_samples(run_dir)
+    by_key = {key: tuple(g["seconds"]) for key, g in samples.groupby(list(KEY_COLUMNS))}
+    found = {}
+    for case in cases:
+        row = done.get(case.key)
+        if row is not None and row["status"] in TIMED and case.key in by_key:
+            found[case] = Samples(by_key[case.key], int(float(row["calls_per_sample"] or 1)))
+    return found
 
 
 def open_run(config: BenchConfig, run_dir: Path) -> RunWriter:
@@ -172,28 +210,32 @@ def open_run(config: BenchConfig, run_dir: Path) -> RunWriter:
 
 
 def run_cases(config: BenchConfig, cases: list[Case], writer: RunWriter, quiet: bool,
-              report: bool, baselines: dict[Case, float] | None = None) -> int:
+              report: bool, known: dict[Case, Samples] | None = None,
+              watch: LoadWatch | None = None) -> int:
     """Run ``cases`` into the writer's run directory; print the summary; the exit code."""
     use_project_cache()
     run_dir = writer.run_dir
     err = console(stderr=True)
     say(f"layerbench: {len(cases)} cases -> {run_dir}"
-        + (" (each in a worker process)" if config.isolate else ""), stderr=True)
+        + (" (each size group in a worker process)" if config.isolate else ""), stderr=True)
+    watch = watch or LoadWatch(torch.get_num_threads())
+    if warning := watch.warning_now():
+        say(f"warning: {warning}", stderr=True)
     try:
         with ProgressBar(len(cases), err, enabled=not quiet) as bar:
-            run(config, cases, [writer, bar], profile_root=writer.profile_dir,
-                ceilings=writer.meta["calibration"], baselines=baselines)
+            run(config, cases, [writer, watch, bar], profile_root=writer.profile_dir,
+                ceilings=writer.meta["calibration"], known=known)
     except KeyboardInterrupt:
-        writer.close(interrupted=True)
+        writer.close(interrupted=True, load=watch.summary())
         say(f"interrupted: the finished cases are in {run_dir / 'results.csv'}; "
             f"finish with `python cli.py bench --resume {run_dir}`", stderr=True)
         return EXIT_INTERRUPTED
-    writer.close(interrupted=False)
-    frame, _ = load_run(run_dir)
+    writer.close(interrupted=False, load=watch.summary())
+    frame, meta = load_run(run_dir)
     out = console()
     for table in summary_tables(frame):
         out.print(table)
-    for line in problems(frame):
+    for line in [*problems(frame), *load_lines(meta)]:
         say(line)
     say(f"results: {run_dir}")
     if report:
@@ -210,9 +252,10 @@ def measure(config: BenchConfig, cases: list[Case], run_dir: Path, quiet: bool) 
     writer = open_run(config, run_dir)
     err = console(stderr=True)
     say(f"measuring {len(cases)} cases -> {run_dir}", stderr=True)
+    watch = LoadWatch(torch.get_num_threads())
     with ProgressBar(len(cases), err, enabled=not quiet) as bar:
-        run(config, cases, [writer, bar], ceilings=writer.meta["calibration"])
-    writer.close(interrupted=False)
+        run(config, cases, [writer, watch, bar], ceilings=writer.meta["calibration"])
+    writer.close(interrupted=False, load=watch.summary())
     return run_dir
 
 

@@ -1,10 +1,12 @@
-"""Timing: warm up, then collect raw samples of one zero-argument callable.
+"""Timing: warm up a zero-argument callable and turn it into samples for the rounds.
 
 CPU (and MPS): blocks of calls timed by ``timeit`` with the thread count set, as
 ``torch.utils.benchmark.Timer`` does (one sample = the mean call time of one block lasting about
 ``block_s``). CUDA: one call per sample between two CUDA events, with a buffer larger than the
 L2 cache overwritten before every sample, outside the timed region, so each call starts from a
 cold cache as it would inside a network. ``suites.devices`` says which a device uses.
+``suites.rounds`` decides how many samples to take, interleaved with the other implementations
+of the same size.
 
 On Linux with glibc, :func:`steady_malloc` first fixes malloc's thresholds, so every case meets
 the same allocator whatever ran before it in the process.
@@ -26,8 +28,9 @@ from torch.utils.benchmark.utils.common import set_torch_threads
 from reports.record import Samples
 from suites.config import TimingConfig
 from suites.devices import Device
+from suites.rounds import SLOW_CALL_S, Contestant, run_rounds
 
-SLOW_CALL_S = 1.0  # above this a call is "slow": fewer samples suffice (naive loops)
+__all__ = ["SLOW_CALL_S", "measure", "sampler", "steady_malloc", "warm_up"]
 
 
 #: glibc's ``mallopt`` parameters, and the values :func:`steady_malloc` gives them.
@@ -79,42 +82,44 @@ def warm_up(step: Callable[[], Any], device: Device, seconds: float) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def sample_count(per_call_s: float, calls_per_sample: int, config: TimingConfig) -> int:
-    wanted = int(config.min_time_s / (per_call_s * calls_per_sample))
-    floor = config.slow_min_samples if per_call_s > SLOW_CALL_S else config.min_samples
-    return max(floor, min(wanted, config.max_samples))
-
-
-def measure(step: Callable[[], Any], device: Device, config: TimingConfig,
-            threads: int) -> Samples:
-    """Warm up ``step`` and time it; ``threads`` is the CPU thread count used while timing."""
+def sampler(step: Callable[[], Any], device: Device, config: TimingConfig) -> Contestant:
+    """Warm ``step`` up and make it a contestant of the rounds: each sample a block of calls
+    (CPU) or one event-timed call after an L2 flush (CUDA). Call it with the case's threads set."""
     steady_malloc()
     per_call_s = warm_up(step, device, config.warmup_s)
     if device.event_timing:
-        return _measure_events(step, device, per_call_s, config)
+        flush = device.flush_buffer() if config.flush_l2 else None
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def event_sample() -> float:
+            if flush is not None:
+                flush.zero_()  # evict the previous call's data from L2, outside the timed region
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+
+        return Contestant(event_sample, per_call_s)
     timed = device.blocking(step)
     calls = max(1, round(config.block_s / per_call_s))
     # timeit's loop, as torch.utils.benchmark.Timer runs it, but not Timer.timeit: that calls
     # the statement max(calls // 100, 2) more times before every sample, which tripled the
     # cost of a slow case (one call per sample) and added nothing the warm-up had not done.
     timer = timeit.Timer(timed, timer=time.perf_counter)  # garbage collection off while timing
+
+    def block_sample() -> float:
+        return max(timer.timeit(calls), 1e-9) / calls
+
+    return Contestant(block_sample, per_call_s * calls, calls=calls)
+
+
+def measure(step: Callable[[], Any], device: Device, config: TimingConfig,
+            threads: int) -> Samples:
+    """Warm up ``step`` and time it alone (rounds of one), on ``threads`` CPU threads."""
     with set_torch_threads(threads):  # what Timer(num_threads=threads) does
-        seconds = [max(timer.timeit(calls), 1e-9) / calls
-                   for _ in range(sample_count(per_call_s, calls, config))]
-    return Samples(tuple(seconds), calls)
-
-
-def _measure_events(step: Callable[[], Any], device: Device, per_call_s: float,
-                    config: TimingConfig) -> Samples:
-    flush = device.flush_buffer() if config.flush_l2 else None
-    count = sample_count(per_call_s, 1, config)
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
-    for start, end in zip(starts, ends, strict=True):
-        if flush is not None:
-            flush.zero_()  # evict the previous call's data from L2, outside the timed region
-        start.record()
-        step()
-        end.record()
-    torch.cuda.synchronize()
-    return Samples(tuple(s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True)), 1)
+        contestant = sampler(step, device, config)
+        run_rounds([contestant], config)
+    if contestant.failure is not None:
+        raise contestant.failure
+    return contestant.samples(group=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import math
@@ -331,14 +332,15 @@ def test_a_run_fails_on_a_wrong_answer_or_an_error_only(statuses: list[str], cod
 
 
 def test_relate_divides_by_the_builtin_and_bounds_by_the_roofline() -> None:
-    result = CaseResult(_case(), samples=Samples((2e-3,), 1), flops=4_000_000, bytes=1000)
+    result = CaseResult(dataclasses.replace(_case(), impl="im2col"), samples=Samples((2e-3,), 1),
+                        flops=4_000_000, bytes=1000)
     ceilings = {"matmul_gflops": {"float32": 100.0}, "copy_gbps": 10.0}
-    result.relate(builtin_s=1e-3, ceilings=ceilings, tf32={})
+    result.relate(Samples((1e-3,), 1), ceilings=ceilings, tf32={})
     assert result.speedup_vs_builtin == pytest.approx(0.5)
     # 2 GFLOP/s achieved; intensity 4000 FLOP/B x 10 GB/s is past the 100 GFLOP/s peak
     assert result.roofline_frac == pytest.approx(2.0 / 100.0)
     untimed = CaseResult(_case())
-    untimed.relate(builtin_s=1e-3, ceilings=ceilings, tf32={})
+    untimed.relate(Samples((1e-3,), 1), ceilings=ceilings, tf32={})
     assert math.isnan(untimed.speedup_vs_builtin) and math.isnan(untimed.roofline_frac)
 
 

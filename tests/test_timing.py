@@ -17,7 +17,7 @@ from suites import timing
 from suites.compilation import PROJECT_ROOT
 from suites.config import TimingConfig
 from suites.devices import device
-from suites.timing import SLOW_CALL_S, measure, sample_count, warm_up
+from suites.timing import measure, warm_up
 
 CPU = device("cpu")
 
@@ -101,34 +101,6 @@ def test_warm_up_calls_at_least_twice() -> None:
     per_call_s = warm_up(step, CPU, seconds=0.0)
     assert calls[0] >= 2
     assert per_call_s > 0
-
-
-CONFIG = TimingConfig(min_time_s=0.5, min_samples=7, slow_min_samples=3, max_samples=200)
-
-
-@pytest.mark.parametrize("per_call_s", [1e-9, 1e-6, 1e-4, 1e-3, 0.01, 0.1, 0.5, 0.99])
-@pytest.mark.parametrize("calls_per_sample", [1, 10, 1000])
-def test_sample_count_stays_within_bounds(per_call_s: float, calls_per_sample: int) -> None:
-    count = sample_count(per_call_s, calls_per_sample, CONFIG)
-    assert CONFIG.min_samples <= count <= CONFIG.max_samples
-
-
-def test_sample_count_fills_min_time() -> None:
-    # 10 ms per sample, 0.5 s wanted: 50 samples, inside both bounds
-    assert sample_count(0.001, 10, CONFIG) == 50
-
-
-def test_sample_count_caps_cheap_calls() -> None:
-    assert sample_count(1e-9, 1, CONFIG) == CONFIG.max_samples
-
-
-def test_sample_count_floors_expensive_calls() -> None:
-    assert sample_count(0.4, 1, CONFIG) == CONFIG.min_samples
-
-
-@pytest.mark.parametrize("per_call_s", [SLOW_CALL_S * 1.5, 20.0, 600.0])
-def test_sample_count_of_slow_calls_uses_the_slow_floor(per_call_s: float) -> None:
-    assert sample_count(per_call_s, 1, CONFIG) == CONFIG.slow_min_samples
 
 
 _FAULTS_PER_CONV = """
