@@ -216,8 +216,11 @@ def compare_command(runs: tuple[Path, ...], basis: str, threshold: float, alpha:
 @click.option("--remeasure", default=2, show_default=True, type=click.IntRange(0),
               help="Times a case flagged slower is measured again, alongside the baseline's "
                    "stored code; it fails only if slower than that code every time.")
-@option("--min-time", default=0.25, help="Seconds of timing samples per case, for "
+@option("--min-time", default=0.25, help="Seconds of timing samples per case, at least, for "
                                          "--save-baseline.")
+@option("--max-time", default=1.0, help="Seconds of timing samples per case, at most, for "
+                                        "--save-baseline.")
+@option("--precision", help="Precision target of each case's timing, for --save-baseline.")
 @option("--budget", default=2.0, help="Seconds a naive-loop case may take, for "
                                       "--save-baseline.")
 @option("--trials", default=1, help="Correctness trials per case, for --save-baseline.")

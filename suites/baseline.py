@@ -41,9 +41,16 @@ from reports.schema import KEY_COLUMNS, exit_code, load_run
 from reports.writer import new_run_dir
 from suites import calibration
 from suites.compilation import PROJECT_ROOT, use_project_cache
-from suites.config import BenchConfig, CheckOptions, RunOptions, TimingConfig, config_from_dict
+from suites.config import BenchConfig, CheckOptions, RunOptions, config_from_dict
 from suites.presets import PRESET_NAMES
-from suites.session import choose, layer_names, load_impl_files, measure, planned
+from suites.session import (
+    choose,
+    layer_names,
+    load_impl_files,
+    measure,
+    planned,
+    timing_config,
+)
 
 CODE_FILE = "code.tar.gz"  # the code the baseline timed: the project's packages + impl files
 CODE_PARTS = ("cli.py", "impls", "suites", "reports")
@@ -61,7 +68,8 @@ def check(options: CheckOptions) -> int:
         config = BenchConfig(
             layers=chosen or layer_names(("all",)),
             preset=choose("preset", (options.preset,), PRESET_NAMES)[0],
-            timing=TimingConfig(min_time_s=options.min_time_s), budget_s=options.budget_s,
+            timing=timing_config(options.min_time_s, options.max_time_s, options.precision),
+            budget_s=options.budget_s,
             trials=options.trials, threads=run.threads, out=run.out,
             impl_files=tuple(p.resolve() for p in run.impl_files), isolate=bool(run.impl_files))
         return save_baseline(options.baseline, config, options.repeats, run.quiet)

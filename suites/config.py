@@ -106,6 +106,8 @@ class CheckOptions:
     repeats: int = 3
     remeasure: int = 2
     min_time_s: float = 0.25
+    max_time_s: float = 1.0
+    precision: float = 0.02
     budget_s: float = 2.0
     trials: int = 1
 

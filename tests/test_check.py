@@ -153,7 +153,8 @@ def max_pool2d_other(x, k):
 '''
 GOOD, WRONG = "F.max_pool2d(x, k)", "F.avg_pool2d(x, k)"
 SLOW = "[F.max_pool2d(x, k) for _ in range(30)][-1]"  # the same result, 30 times the work
-SAVE = ("--layer", "pool", "--repeats", "2", "--min-time", "0.05", "--threads", "1", "--quiet")
+SAVE = ("--layer", "pool", "--repeats", "2", "--min-time", "0.05", "--max-time", "0.2",
+        "--threads", "1", "--quiet")
 
 
 @dataclass(frozen=True)

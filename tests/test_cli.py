@@ -34,7 +34,7 @@ from tests._cli import (
 from tests._report import assert_links_resolve, assert_self_contained
 
 LAYER = REGISTRY.layer("conv")
-FAST = ("--min-time", "0.05", "--quiet", "--no-report")
+FAST = ("--min-time", "0.05", "--max-time", "0.2", "--quiet", "--no-report")
 TINY_SIZE = "N=1,C_in=1,C_out=2,H=8,W=8"
 SMALL_SIZE = "N=2,C_in=3,C_out=4,H=10,W=9,k=3,stride=2,padding=1"
 
@@ -123,7 +123,8 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         jobs = Jobs(tmp_path_factory.mktemp("cli"), pool)
         jobs.add("quick", "bench", "conv", "--preset", "quick", "--out", "{out}", "--impl",
-                 "builtin", "--impl", "im2col", "--min-time", "0.05", "--quiet")  # + report
+                 "builtin", "--impl", "im2col", "--min-time", "0.05", "--max-time", "0.2",
+                 "--quiet")  # + report
         jobs.add("unknown-layer", "bench", "nolayer", "--out", "{out}")
         jobs.add("unknown-option", "bench", "conv", "--bogus", "--out", "{out}")
         yield jobs

@@ -28,7 +28,7 @@ from tests._cli import ROOT, Done, cli_env, describe, invoke_all, only_run_dir, 
 
 FAULTS = ROOT / "tests" / "data" / "faulty_conv.py"
 TINY = "N=1,C_in=1,C_out=2,H=8,W=8"
-FAST = ("--min-time", "0.05", "--quiet", "--no-report")
+FAST = ("--min-time", "0.05", "--max-time", "0.2", "--quiet", "--no-report")
 # A run long enough to interrupt: 2 sizes x 2 modes x (builtin, slow), each in a worker.
 LONG = ("bench", "conv", "--impl-file", FAULTS, "--impl", "slow", "--preset", "quick",
         "--mode", "fwd,fwdbwd", "--trials", "1", *FAST)

@@ -37,7 +37,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Done]:
     commands: dict[str, tuple[object, ...]] = {
         "bench": ("bench", "conv", "--profile", "--impl", "builtin,loops,im2col", "--size",
-                  TINY, "--min-time", "0.05", "--trials", "1", "--out", "{out}", "--quiet"),
+                  TINY, "--min-time", "0.05", "--max-time", "0.2", "--trials", "1", "--out",
+                  "{out}", "--quiet"),
         **{impl: ("profile", "conv", "--impl", impl, "--size", TINY, "--out", "{out}")
            for impl in ("im2col", "loops", "builtin")},
         "unknown-impl": ("profile", "conv", "--impl", "nope"),
