@@ -48,7 +48,7 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "--min-time": (("min_time_s",), dict(default=0.25, show_default=True,
                    type=click.FloatRange(0), help="Seconds of timing samples per case, at "
                                                   "least.")),
-    "--max-time": (("max_time_s",), dict(default=2.0, show_default=True,
+    "--max-time": (("max_time_s",), dict(default=1.0, show_default=True,
                    type=click.FloatRange(0, min_open=True),
                    help="Seconds of timing samples per case, at most: the cap when the "
                         "--precision target is not reached.")),

@@ -66,8 +66,10 @@ class RunWriter:
         row = {"run_id": self.run_id, **result.row()}
         if result.samples:
             key = {k: row[k] for k in KEY_COLUMNS}
-            self._samples.append({**key, "sample": i, "seconds": s}
-                                 for i, s in enumerate(result.samples.seconds))
+            rounds = result.samples.rounds or (None,) * len(result.samples.seconds)
+            self._samples.append({**key, "sample": i, "round": r, "seconds": s}
+                                 for i, (s, r) in enumerate(zip(result.samples.seconds, rounds,
+                                                                strict=True)))
         if result.ops:
             if self._ops is None:
                 self._ops = CsvAppender(self.run_dir / "ops.csv", OPS_COLUMNS)

@@ -20,7 +20,7 @@ class TimingConfig:
     """
 
     min_time_s: float = 0.25
-    max_time_s: float = 2.0
+    max_time_s: float = 1.0
     precision: float = 0.02
     warmup_s: float = 0.1
     block_s: float = 0.01
@@ -80,7 +80,7 @@ class BenchOptions:
     size: str | None = None  # k=v,... on top of the notes' size
     budget_s: float = 10.0
     min_time_s: float = 0.25
-    max_time_s: float = 2.0
+    max_time_s: float = 1.0
     precision: float = 0.02
     trials: int = 3
     seed: int = 0

@@ -7,10 +7,11 @@ or a slow drift of the host then lands on all of them, and the speed against the
 
 Sampling stops per implementation (adaptive stopping): once it has ``min_samples`` samples and
 ``min_time_s`` of them, it stops as soon as its median, and its paired ratio against the anchor,
-are known to ``precision`` (the relative half-width of their 95% intervals), or when it has
-spent ``max_time_s`` sampling (or taken ``max_samples``). The anchor goes on while any other
-still needs pairs. A call slower than ``SLOW_CALL_S`` (a naive loop) needs only
-``slow_min_samples``: it joins the first rounds and stops early.
+are known to ``precision`` (the relative half-width of their 95% intervals), when it has
+spent ``max_time_s`` sampling (or taken ``max_samples``), or as soon as the target is out of
+reach within that time (an interval narrows as one over the square root of the samples). The
+anchor goes on while any other still needs pairs. A call slower than ``SLOW_CALL_S`` (a naive
+loop) needs only ``slow_min_samples``: it joins the first rounds and stops early.
 
 While each sample is taken, ``suites.interference.Meter`` counts what other processes used.
 """
@@ -18,6 +19,7 @@ While each sample is taken, ``suites.interference.Meter`` counts what other proc
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -75,7 +77,20 @@ def needs_more(contestant: Contestant, anchor: Contestant | None, config: Timing
     if n >= config.max_samples or contestant.sampled_s >= config.max_time_s:
         return False
     reached = precision(contestant, anchor)
-    return not reached <= config.precision  # NaN: not known yet
+    if math.isnan(reached):  # not known yet
+        return True
+    return reached > config.precision and reachable(reached, n, contestant.sampled_s, config)
+
+
+def reachable(reached: float, n: int, sampled_s: float, config: TimingConfig) -> bool:
+    """Whether the precision target can still be met within ``max_time_s``: an interval narrows
+    as ``1 / sqrt(n)``, so ``reached`` after ``n`` samples needs ``n (reached / target)^2``.
+    A case that cannot get there stops, marked imprecise, instead of spending its cap; but not
+    before half of it: the interval of a few dozen samples is itself too rough to judge by."""
+    if sampled_s < config.max_time_s / 2:
+        return True
+    within_cap = min(n * config.max_time_s / max(sampled_s, 1e-12), config.max_samples)
+    return n * (reached / config.precision) ** 2 <= within_cap
 
 
 def order(active: Sequence[int], rng: random.Random) -> list[int]:

@@ -242,6 +242,25 @@ def test_samples_match_the_results(quick: Path) -> None:
         seconds = sorted(float(s["seconds"]) for s in mine)
         assert all(s > 0 for s in seconds)
         assert min(seconds) * 1e3 == pytest.approx(float(row["min_ms"]), rel=1e-9)
+        # each sample keeps its interleaving round; im2col's rounds are among its builtin's
+        rounds = [int(s["round"]) for s in mine]
+        assert len(set(rounds)) == len(rounds) and min(rounds) >= 1
+        if row["impl"] != "builtin":
+            builtin = {int(s["round"]) for s in samples if s["impl"] == "builtin"
+                       and all(s[k] == row[k] for k in key if k != "impl")}
+            assert set(rounds) <= builtin
+
+
+def test_speedups_carry_an_interval_and_rows_say_if_they_are_stable(quick: Path) -> None:
+    _, rows = read_csv(quick / "results.csv")
+    for row in rows:
+        assert float(row["ci_lo_ms"]) <= float(row["median_ms"]) <= float(row["ci_hi_ms"])
+        assert row["stable"] in ("0", "1") and float(row["precision"]) >= 0
+        assert (row["stable"] == "0") == any(f.startswith(("imprecise:", "interference:"))
+                                             for f in row["flags"].split("; "))
+        if row["impl"] != "builtin":
+            speedup = float(row["speedup_vs_builtin"])
+            assert float(row["speedup_lo"]) <= speedup <= float(row["speedup_hi"])
 
 
 def test_meta_records_command_machine_and_config(quick: Path) -> None:
