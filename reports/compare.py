@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from reports.schema import (
+    BASELINE_IMPL,
     FAILED,
     KEY_COLUMNS,
     TIMED,
@@ -115,6 +116,8 @@ def compare_runs(run_dirs: list[Path], basis: str = "auto", threshold: float = 0
             notes.append(_reference_note(base, other, keys))
         rows += pair
     frame = pd.DataFrame(rows, columns=COLUMNS)
+    if basis == "absolute":
+        frame = _shared_shifts(frame, threshold)
     return Comparison(frame=frame, geomeans=geomeans(frame), runs=runs, basis=basis,
                       threshold=threshold, alpha=alpha,
                       regressions=int(frame["regression"].sum()), notes=notes)
@@ -268,6 +271,41 @@ def _case(ra: dict[str, Any] | None, rb: dict[str, Any] | None, a: Run, b: Run,
     row["verdict"], row["note"] = verdict, note
     row["regression"] = bool(row["regression"] or verdict == "slower")
     return row
+
+
+#: implementations of one size that must have moved alike before a move is put on the machine
+SHARED_SHIFT_MIN = 3
+
+
+def _shared_shifts(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """``suspicious``, not ``slower``/``faster``, for a case that moved with its whole size.
+
+    The implementations of one size are timed in the same rounds; when the size as a whole
+    (the median of at least ``SHARED_SHIFT_MIN`` of them, the builtin with it) moved beyond the
+    threshold, a case within the threshold of that shift moved with the machine (a frequency
+    state, a neighbour on the host), not by its code: a rerun of identical code found the first
+    attention size 1.6-2.0x slower in every implementation.
+    """
+    frame = frame.copy()
+    size = ["run_b", "layer", "device", "dtype", "mode", "case"]
+    timed = frame[np.isfinite(frame["ratio"].astype(float))]
+    for _, group in timed.groupby(size, sort=False):
+        if len(group) < SHARED_SHIFT_MIN or not (group["impl"] == BASELINE_IMPL).any():
+            continue
+        logs = np.log(group["ratio"].astype(float))
+        shift = float(np.median(logs))
+        builtin = float(logs[group["impl"] == BASELINE_IMPL].iloc[0])
+        band = math.log1p(threshold)
+        if abs(shift) <= band or abs(builtin - shift) > band:
+            continue  # the size as a whole (its builtin with it) did not move
+        moved = group.index[group["verdict"].isin(("slower", "faster"))
+                            & (abs(logs - shift) <= band)]
+        frame.loc[moved, ["verdict", "regression"]] = ["suspicious", False]
+        frame.loc[moved, "note"] = (f"the {len(group)} implementations of this size moved alike "
+                                    f"(median x{math.exp(shift):.3g}, the builtin "
+                                    f"x{math.exp(builtin):.3g}): the machine, not the code?")
+    frame["regression"] = frame["regression"].astype(bool)
+    return frame
 
 
 def _unstable(a: Run, ra: dict[str, Any], b: Run, rb: dict[str, Any], ratio: float) -> str:

@@ -150,10 +150,12 @@ def _label(r: pd.Series) -> str:
 
 
 def load_lines(meta: dict[str, Any]) -> list[str]:
-    """What to print about the machine's load during a run: its warning when it was busy,
-    nothing for a quiet run or one without ``meta["load"]``."""
-    warning = (meta.get("load") or {}).get("warning")
-    return [f"warning: {warning}"] if warning else []
+    """What to print about the machine's load during a run: its warning when it was busy, and
+    a note on the cases that missed their precision target; nothing for a run without
+    ``meta["load"]``."""
+    load = meta.get("load") or {}
+    return [*([f"note: {load['note']}"] if load.get("note") else []),
+            *([f"warning: {load['warning']}"] if load.get("warning") else [])]
 
 
 _SHORT_DTYPES = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "float16": "f16"}

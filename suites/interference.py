@@ -138,12 +138,13 @@ class LoadWatch:
     ``timed`` and ``unstable`` start from an earlier part of a resumed run.
     """
 
-    def __init__(self, threads: int, timed: int = 0, unstable: int = 0, disturbed: int = 0,
-                 probe_s: float = 0.3) -> None:
-        self.threads, self.cores = threads, cores()
+    def __init__(self, threads: int, target: float = NAN, timed: int = 0, unstable: int = 0,
+                 disturbed: int = 0, probe_s: float = 0.3) -> None:
+        self.threads, self.cores, self.target = threads, cores(), target
         self.loadavg_start = load_average()
         self.at_start = probe(probe_s) if probe_s > 0 else NAN
         self.busy: list[float] = []
+        self.imprecise: list[float] = []  # the precision each imprecise case reached
         self.timed, self.unstable, self.disturbed = timed, unstable, disturbed
 
     def started(self, case: object) -> None:
@@ -155,6 +156,8 @@ class LoadWatch:
         self.timed += 1
         self.unstable += result.stable is False
         self.disturbed += any(f.startswith("interference:") for f in result.flags)
+        if any(f.startswith("imprecise:") for f in result.flags):
+            self.imprecise.append(result.precision)
         if not math.isnan(result.busy_cores):
             self.busy.append(result.busy_cores)
 
@@ -184,13 +187,26 @@ class LoadWatch:
                 left = max(math.floor(self.cores - mean), 1)
                 warning += (f" ({self.disturbed} disturbed: rerun on a quiet machine"
                             + (f" or with --threads {left}" if self.threads > left else "") + ")")
-        return {"cores": self.cores, "threads": self.threads,
+        return {"cores": self.cores, "threads": self.threads, "precision_target": self.target,
+                "imprecise_cases": len(self.imprecise), "note": self._precision_note(),
                 "loadavg_start": self.loadavg_start, "loadavg_end": end,
                 "busy_cores_at_start": _rounded(self.at_start), "busy_cores_mean": _rounded(mean),
                 "busy_cores_max": _rounded(peak), "timed_cases": self.timed,
                 "unstable_cases": self.unstable, "disturbed_cases": self.disturbed,
                 "watched": bool(self.busy) or not math.isnan(self.at_start), "busy": busy,
                 "warning": warning}
+
+    def _precision_note(self) -> str | None:
+        """What to do about cases that missed the precision target (this part of the run)."""
+        reached = sorted(p for p in self.imprecise if not math.isnan(p))
+        if not reached:
+            return None
+        typical = reached[len(reached) // 2]
+        suggest = math.ceil(typical * 100) / 100
+        return (f"{len(reached)} timed case{'s' if len(reached) > 1 else ''} missed the "
+                f"+-{self.target:.0%} precision target (half of them reached +-{typical:.1%} "
+                f"or better): --precision {suggest:g} accepts that, a larger --max-time "
+                "samples longer, a quieter machine helps most")
 
 
 def _rounded(value: float) -> float | None:

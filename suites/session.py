@@ -180,7 +180,7 @@ def resume(run_dir: Path, quiet: bool, report: bool) -> int:
     writer = RunWriter(run_dir, _params(config),
                        {**meta, "calibration": all_ceilings(config.devices)}, resumed=True)
     timed = [r for r in rows if r["status"] in TIMED]
-    watch = LoadWatch(torch.get_num_threads(), timed=len(timed),
+    watch = LoadWatch(torch.get_num_threads(), config.timing.precision, timed=len(timed),
                       unstable=sum(r.get("stable") == "0" for r in timed),
                       disturbed=sum("interference:" in r.get("flags", "") for r in timed))
     return run_cases(config, todo, writer, quiet, report, _timed_samples(run_dir, cases, done),
@@ -218,7 +218,7 @@ def run_cases(config: BenchConfig, cases: list[Case], writer: RunWriter, quiet: 
     err = console(stderr=True)
     say(f"layerbench: {len(cases)} cases -> {run_dir}"
         + (" (each size group in a worker process)" if config.isolate else ""), stderr=True)
-    watch = watch or LoadWatch(torch.get_num_threads())
+    watch = watch or LoadWatch(torch.get_num_threads(), config.timing.precision)
     if warning := watch.warning_now():
         say(f"warning: {warning}", stderr=True)
     try:
@@ -252,7 +252,7 @@ def measure(config: BenchConfig, cases: list[Case], run_dir: Path, quiet: bool) 
     writer = open_run(config, run_dir)
     err = console(stderr=True)
     say(f"measuring {len(cases)} cases -> {run_dir}", stderr=True)
-    watch = LoadWatch(torch.get_num_threads())
+    watch = LoadWatch(torch.get_num_threads(), config.timing.precision)
     with ProgressBar(len(cases), err, enabled=not quiet) as bar:
         run(config, cases, [writer, watch, bar], ceilings=writer.meta["calibration"])
     writer.close(interrupted=False, load=watch.summary())

@@ -96,6 +96,13 @@ def _error_commands(files: Path) -> dict[str, tuple[str, ...]]:
         "no-layer": ("bench",),
         "resume-not-a-run": ("bench", "--resume", str(files)),
         "zero-timeout": ("bench", "conv", "--timeout", "0"),
+        "precision-zero": ("bench", "conv", "--precision", "0"),
+        "precision-not-a-fraction": ("bench", "conv", "--precision", "2"),
+        "precision-not-a-number": ("bench", "conv", "--precision", "tight"),
+        "cap-below-minimum": ("bench", "conv", "--min-time", "0.5", "--max-time", "0.1"),
+        "check-cap-below-minimum": ("check", "--save-baseline", "--baseline",
+                                    str(files / "new-baseline"), "--min-time", "0.5",
+                                    "--max-time", "0.1", "--out", "{out}"),
     }
     for name in BAD_FILES:
         commands[f"impl-file-{Path(name).stem}"] = ("bench", "conv", "--impl-file",
@@ -422,6 +429,10 @@ def test_impl_file_errors_name_the_file(errors: dict[str, Done], name: str) -> N
     ("longer-than-n-position", "n_position"),
     ("no-layer", "LAYER"),
     ("resume-not-a-run", "--resume"),
+    ("precision-zero", "--precision"),
+    ("precision-not-a-fraction", "--precision"),
+    ("cap-below-minimum", "--max-time"),
+    ("check-cap-below-minimum", "--max-time"),
 ])
 def test_bad_input_message_names_the_culprit(errors: dict[str, Done], name: str,
                                             words: str) -> None:

@@ -145,6 +145,19 @@ def test_twice_slower_is_a_regression_and_twice_faster_is_not(tmp_path: Path) ->
     assert _verdicts(c, "im2col") == {"faster"} and c.regressions == 0
 
 
+def test_a_whole_size_that_moved_alike_is_the_machine_not_the_code(tmp_path: Path) -> None:
+    a = fake_run(tmp_path / "a", _cases())
+    everything = fake_run(tmp_path / "all", _cases({"builtin": 1.7, "im2col": 1.7,
+                                                    "einsum": 1.7, "loops": 1.7}, seed=100))
+    c = compare_runs([a, everything])
+    timed = c.frame[c.frame["impl"] != "loops"]  # (the loops' 3 samples: suspicious anyway)
+    assert set(timed["verdict"]) == {"suspicious"} and c.regressions == 0
+    assert timed["note"].str.contains("moved alike").all()
+    # one implementation that moved with the builtin still standing: slower
+    one = fake_run(tmp_path / "one", _cases({"im2col": 1.7}, seed=100))
+    assert _verdicts(compare_runs([a, one]), "im2col") == {"slower"}
+
+
 def test_small_change_counts_only_when_noise_is_low(tmp_path: Path) -> None:
     tight = [fake_run(tmp_path / f"t{s}", _cases({"einsum": f}, seed=s, spread=0.01, n=50))
              for s, f in ((0, 1.0), (100, 1.12))]

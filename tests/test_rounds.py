@@ -224,15 +224,24 @@ def test_meter_without_proc_stat_measures_nothing(monkeypatch: pytest.MonkeyPatc
 class _Result:
     def __init__(self, busy: float, flags: list[str]) -> None:
         self.samples, self.busy_cores, self.flags = (1.0,), busy, flags
+        self.precision = 0.01
         self.stable = not unstable(flags)
 
 
 def test_the_run_warning_fires_when_cases_were_disturbed_and_not_on_a_quiet_run() -> None:
-    quiet = LoadWatch(threads=2, probe_s=0)
+    quiet = LoadWatch(threads=2, target=0.02, probe_s=0)
     for _ in range(5):
         quiet.finished(_Result(0.01, []))
     assert quiet.summary()["warning"] is None and not quiet.summary()["busy"]
-    busy = LoadWatch(threads=2, probe_s=0)
+    assert quiet.summary()["note"] is None
+    imprecise = _Result(0.01, ["imprecise: median known to +-4.2%, target +-2.0% (n=40)"])
+    imprecise.precision = 0.042
+    quiet.finished(imprecise)
+    summary = quiet.summary()
+    assert summary["warning"] is None  # imprecise on a quiet machine: a note, not a warning
+    assert "1 timed case missed the +-2% precision target" in summary["note"]
+    assert "--precision 0.05" in summary["note"]
+    busy = LoadWatch(threads=2, target=0.02, probe_s=0)
     busy.finished(_Result(0.02, []))
     busy.finished(_Result(1.1, [interference.interference(1.1, 2, "cpu", total=2)]))
     summary = busy.summary()
