@@ -43,7 +43,8 @@ def implausible(median_s: float, flops: float, bytes_moved: float, speedup: floa
         copy = ceilings.get("copy_gbps")
         if peak and gflops > COMPUTE_ALLOWANCE * peak:
             flags.append(f"beyond roofline: {gflops:.4g} GFLOP/s, more than "
-                         f"{COMPUTE_ALLOWANCE:g}x the measured {peak_key} peak ({peak:.4g})")
+                         f"{COMPUTE_ALLOWANCE:g}x the measured {peak_key} peak ({peak:.4g}; "
+                         "if that is low, `python cli.py calibrate --force` measures it again)")
         elif copy and gbps > WARM_CACHE_ALLOWANCE * copy:
             flags.append(f"beyond roofline: {gbps:.4g} GB/s, more than {WARM_CACHE_ALLOWANCE:g}x "
                          f"the measured copy bandwidth ({copy:.3g} GB/s) that warm caches explain")
