@@ -106,7 +106,9 @@ def _interrupt(out: Path, sig: signal.Signals) -> tuple[Path, subprocess.Complet
     proc = subprocess.Popen([sys.executable, "cli.py", *map(str, LONG), "--out", str(out)],
                             cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    wanted = random.Random(sig.value).randint(1, 5)
+    # rows come as each size group ends (4 groups of 2 here): waiting for at most 3 leaves at
+    # least two groups to interrupt
+    wanted = random.Random(sig.value).randint(1, 3)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         dirs = list(out.glob("*/results.csv"))
