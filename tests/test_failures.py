@@ -103,9 +103,12 @@ def _planned_keys() -> list[tuple[str, ...]]:
 
 def _interrupt(out: Path, sig: signal.Signals) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """Start the long run, wait for a random number of finished cases, then send ``sig``."""
+    # A run started from a background job inherits SIGINT ignored (and Python then installs no
+    # KeyboardInterrupt handler): give the run the default, as a terminal's Ctrl-C finds it.
     proc = subprocess.Popen([sys.executable, "cli.py", *map(str, LONG), "--out", str(out)],
                             cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # rows come as each size group ends (4 groups of 2 here): waiting for at most 3 leaves at
     # least two groups to interrupt
     wanted = random.Random(sig.value).randint(1, 3)
