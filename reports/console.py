@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -44,14 +45,26 @@ MARKS = {"ok": "[green]ok[/]", "incorrect": "[bold red]WRONG[/]", "error": "[red
 
 
 class ProgressBar:
-    """A runner sink showing cases done, elapsed time, ETA and the case in flight."""
+    """A runner sink showing cases done, elapsed time, ETA and the case in flight.
+
+    On a terminal it is a bar redrawn in place. Without one (a pipe, ``| tee``, a CI log) a bar
+    would print nothing until the end, so every case that ends gets one plain line instead,
+    at most one every ``LINE_EVERY_S`` seconds (and always the last): done/total, the case,
+    its status, elapsed time and ETA.
+    """
+
+    LINE_EVERY_S = 2.0
 
     def __init__(self, total: int, console: Console, enabled: bool = True) -> None:
+        self._lines = enabled and not console.is_terminal
+        self._console, self._total, self._done = console, total, 0
+        self._start = self._last = time.monotonic()
+        self._last -= self.LINE_EVERY_S
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            TextColumn("{task.fields[case]}"), console=console, disable=not enabled,
-            transient=True)
+            TextColumn("{task.fields[case]}"), console=console,
+            disable=not enabled or self._lines, transient=True)
         self._task = self._progress.add_task("bench", total=total, case="")
 
     def __enter__(self) -> ProgressBar:
@@ -68,6 +81,21 @@ class ProgressBar:
 
     def finished(self, result: CaseResult) -> None:
         self._progress.advance(self._task)
+        self._done += 1
+        now = time.monotonic()
+        if not self._lines or (now - self._last < self.LINE_EVERY_S
+                               and self._done < self._total):
+            return
+        self._last, elapsed = now, now - self._start
+        eta = elapsed / self._done * (self._total - self._done)
+        case = result.case
+        timed = (f" {format_seconds(result.median_s)}" if result.samples else "")
+        self._console.print(
+            f"[{self._done}/{self._total}] {case.layer}/{variant(case.impl, case.compile)} "
+            f"{case.device} {case.dtype} {case.mode} {case.label}: {result.status}{timed} "
+            f"(elapsed {format_seconds(elapsed)}"
+            + (f", eta {format_seconds(eta)})" if self._done < self._total else ")"),
+            markup=False, highlight=False, soft_wrap=True)
 
 
 def _cell(row: pd.Series) -> str:

@@ -221,3 +221,40 @@ def test_compare_calls_the_same_slowdown_slower_when_stable(tmp_path: Path) -> N
     c = compare_runs(runs)
     assert c.frame.set_index("impl").loc["im2col", "verdict"] == "slower"
     assert compare(runs, "auto", 0.10, 0.01, tmp_path / "out") == 1
+
+
+def _finished(bar: object, n: int) -> None:
+    from reports.record import Case, CaseResult, Samples
+
+    for i in range(n):
+        case = Case("conv", "im2col", "none", (("N", i + 1),), "cpu", "float32", "fwd",
+                    f"N{i + 1}")
+        bar.started(case)  # type: ignore[attr-defined]
+        bar.finished(CaseResult(case, samples=Samples((2e-3,), 1)))  # type: ignore[attr-defined]
+
+
+def test_without_a_terminal_progress_is_plain_lines_with_eta(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from reports.console import ProgressBar
+
+    out = io.StringIO()
+    with ProgressBar(3, Console(file=out, force_terminal=False, width=200)) as bar:
+        _finished(bar, 3)
+    lines = out.getvalue().splitlines()
+    # the first line at once, then at most one every LINE_EVERY_S, and always the last
+    assert lines[0].startswith("[1/3] conv/im2col cpu float32 fwd N1: ok 2 ms (elapsed ")
+    assert lines[-1].startswith("[3/3] conv/im2col cpu float32 fwd N3: ok")
+    assert all("eta" in line for line in lines[:-1]) and len(lines) in (2, 3)
+    monkeypatch.setattr(ProgressBar, "LINE_EVERY_S", 0.0)
+    out = io.StringIO()
+    with ProgressBar(3, Console(file=out, force_terminal=False, width=200)) as bar:
+        _finished(bar, 3)
+    assert [line[:5] for line in out.getvalue().splitlines()] == ["[1/3]", "[2/3]", "[3/3]"]
+    out = io.StringIO()
+    with ProgressBar(3, Console(file=out, force_terminal=False), enabled=False) as bar:
+        _finished(bar, 3)  # --quiet: nothing at all
+    assert out.getvalue() == ""
