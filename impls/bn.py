@@ -27,6 +27,7 @@ class BatchNorm2dLayer(Layer):
     title = "BatchNorm2d (MyBatchNorm2d)"
     order = 20
     params = ("N", "C", "H", "W", "training")
+    positive: ClassVar[tuple[str, ...] | None] = ("N", "C", "H", "W")
     labels: ClassVar[dict[str, str]] = {"training": "train"}
     #: PyTorch's defaults, and the notes'
     momentum: ClassVar[float] = 0.1
@@ -34,9 +35,6 @@ class BatchNorm2dLayer(Layer):
 
     def check(self, params: Params) -> None:
         super().check(params)
-        for p in ("N", "C", "H", "W"):
-            if params[p] < 1:
-                raise ValueError(f"bn: {p} must be >= 1, got {params[p]}")
         if params["training"] not in (0, 1):
             raise ValueError(f"bn: training must be 0 (eval) or 1 (train), "
                              f"got {params['training']}")

@@ -53,14 +53,12 @@ class CNNLayer(Layer):
     title = "MyCNN (conv -> bn -> relu -> maxpool -> fc)"
     order = 50
     params = ("N", "C_in", "C_out", "H", "W", "training")
+    positive: ClassVar[tuple[str, ...] | None] = ("N", "C_in", "C_out", "H", "W")
     labels: ClassVar[dict[str, str]] = {"C_in": "Cin", "C_out": "Cout", "training": "train"}
     modes: ClassVar[tuple[str, ...]] = ("fwd", "fwdbwd", "train")
 
     def check(self, params: Params) -> None:
         super().check(params)
-        for p in ("N", "C_in", "C_out", "H", "W"):
-            if params[p] < 1:
-                raise ValueError(f"cnn: {p} must be >= 1, got {params[p]}")
         if params["training"] not in (0, 1):
             raise ValueError("cnn: training must be 0 (BatchNorm in eval) or 1 (batch "
                              f"statistics), got {params['training']}")

@@ -26,14 +26,12 @@ class Conv2dLayer(Layer):
     title = "Conv2d (MyConv2d)"
     order = 10
     params = ("N", "C_in", "C_out", "H", "W", "k", "stride", "padding")
+    positive: ClassVar[tuple[str, ...] | None] = ("N", "C_in", "C_out", "H", "W", "k", "stride")
     labels: ClassVar[dict[str, str]] = {"C_in": "Cin", "C_out": "Cout", "stride": "s",
                                         "padding": "p"}
 
     def check(self, params: Params) -> None:
         super().check(params)
-        for p in ("N", "C_in", "C_out", "H", "W", "k", "stride"):
-            if params[p] < 1:
-                raise ValueError(f"conv: {p} must be >= 1, got {params[p]}")
         if params["padding"] < 0:
             raise ValueError(f"conv: padding must be >= 0, got {params['padding']}")
         k, pad = params["k"], params["padding"]

@@ -56,13 +56,8 @@ class FeedForwardLayer(Layer):
     title = "PositionwiseFeedForward"
     order = 85
     params = ("N", "len", "d_model", "d_inner")
+    positive: ClassVar[tuple[str, ...] | None] = None  # every size parameter
     labels: ClassVar[dict[str, str]] = {"len": "L", "d_model": "dm", "d_inner": "di"}
-
-    def check(self, params: Params) -> None:
-        super().check(params)
-        for p in self.params:
-            if params[p] < 1:
-                raise ValueError(f"ffn: {p} must be >= 1, got {params[p]}")
 
     def make_inputs(self, params: Params, generator: torch.Generator) -> CaseInputs:
         N, length, d_model, d_inner = (params[p] for p in self.params)

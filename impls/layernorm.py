@@ -26,13 +26,11 @@ class LayerNormLayer(Layer):
     title = "LayerNorm (post-norm of MultiHeadAttention and PositionwiseFeedForward)"
     order = 82
     params = ("N", "len", "d_model")
+    positive: ClassVar[tuple[str, ...] | None] = ("N", "len")
     labels: ClassVar[dict[str, str]] = {"len": "L", "d_model": "dm"}
 
     def check(self, params: Params) -> None:
         super().check(params)
-        for p in ("N", "len"):
-            if params[p] < 1:
-                raise ValueError(f"layernorm: {p} must be >= 1, got {params[p]}")
         if params["d_model"] < 3:
             raise ValueError(f"layernorm: d_model must be >= 3, got {params['d_model']} (with "
                              "1 or 2 features a normalised row is 0 or +-1 whatever x is)")

@@ -21,13 +21,8 @@ class LinearLayer(Layer):
     title = "Linear (MyCNN's fc)"
     order = 40
     params = ("N", "in_features", "out_features")
+    positive: ClassVar[tuple[str, ...] | None] = None  # every size parameter
     labels: ClassVar[dict[str, str]] = {"in_features": "in", "out_features": "out"}
-
-    def check(self, params: Params) -> None:
-        super().check(params)
-        for p in self.params:
-            if params[p] < 1:
-                raise ValueError(f"linear: {p} must be >= 1, got {params[p]}")
 
     def make_inputs(self, params: Params, generator: torch.Generator) -> CaseInputs:
         N, fan_in, out_features = params["N"], params["in_features"], params["out_features"]

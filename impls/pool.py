@@ -24,13 +24,11 @@ class MaxPool2dLayer(Layer):
     title = "MaxPool2d (MyCNN's pool)"
     order = 30
     params = ("N", "C", "H", "W", "k")
+    positive: ClassVar[tuple[str, ...] | None] = ("N", "C", "H", "W")
     labels: ClassVar[dict[str, str]] = {}
 
     def check(self, params: Params) -> None:
         super().check(params)
-        for p in ("N", "C", "H", "W"):
-            if params[p] < 1:
-                raise ValueError(f"pool: {p} must be >= 1, got {params[p]}")
         if params["k"] < 2:
             raise ValueError(f"pool: k must be >= 2, got {params['k']} "
                              "(k = 1 is the identity: there is nothing to compare)")

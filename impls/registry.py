@@ -96,6 +96,8 @@ class Layer(ABC):
     grad_atol_scale: ClassVar[float] = 1.0
     #: learning rate of the ``train`` mode's SGD step
     lr: ClassVar[float] = 0.1
+    #: size parameters that must be >= 1 (``check``); None: every one of ``params``
+    positive: ClassVar[tuple[str, ...] | None] = ()
 
     def label(self, params: Params) -> str:
         """A short stable label such as ``N64_Cin1_Cout8_H28_W28_k3_s1_p0``."""
@@ -114,6 +116,9 @@ class Layer(ABC):
         if unknown:
             raise ValueError(f"{self.name}: unknown size parameter(s) {', '.join(unknown)}; "
                              f"expected {', '.join(self.params)}")
+        for p in self.params if self.positive is None else self.positive:
+            if params[p] < 1:
+                raise ValueError(f"{self.name}: {p} must be >= 1, got {params[p]}")
 
     def loss(self, output: Tensor, tensors: Mapping[str, Tensor]) -> Tensor:
         """The scalar loss of ``train`` mode, from the output and the inputs (e.g. the targets

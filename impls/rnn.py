@@ -28,14 +28,9 @@ class RNNLayer(Layer):
     title = "Elman RNN (myRNN)"
     order = 60
     params = ("seq_len", "N", "vocab_size", "embed_dim", "hidden_dim", "output_dim")
+    positive: ClassVar[tuple[str, ...] | None] = None  # every size parameter
     labels: ClassVar[dict[str, str]] = {"seq_len": "T", "vocab_size": "V", "embed_dim": "E",
                                         "hidden_dim": "H", "output_dim": "O"}
-
-    def check(self, params: Params) -> None:
-        super().check(params)
-        for p in self.params:
-            if params[p] < 1:
-                raise ValueError(f"rnn: {p} must be >= 1, got {params[p]}")
 
     def make_inputs(self, params: Params, generator: torch.Generator) -> CaseInputs:
         T, N, V, E, H, n_out = (params[p] for p in self.params)

@@ -121,6 +121,7 @@ class _TransformerPart(Layer):
 
     labels: ClassVar[dict[str, str]] = _LABELS
     lengths: ClassVar[tuple[str, ...]] = ()
+    positive: ClassVar[tuple[str, ...] | None] = None  # every size parameter
     # float32 fwdbwd at the repo's size: 1-40 of 1.5M elements of the top layer's q/k weight
     # gradients reach 1.1-3.1x the single-op atol, for every implementation (torch's layers too)
     grad_atol_scale: ClassVar[float] = 5.0
@@ -133,9 +134,6 @@ class _TransformerPart(Layer):
 
     def check(self, params: Params) -> None:
         super().check(params)
-        for p in self.params:
-            if params[p] < 1:
-                raise ValueError(f"{self.name}: {p} must be >= 1, got {params[p]}")
         if params["n_vocab"] < 2:
             raise ValueError(f"{self.name}: n_vocab must be >= 2 (the pad token and at least "
                              f"one real token), got {params['n_vocab']}")
