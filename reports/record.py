@@ -175,6 +175,7 @@ class CaseResult:
     def row(self) -> dict[str, Any]:
         c, s = self.case, self.samples
         median_s = self.median_s
+        interval = s.interval if s else UNKNOWN
         return {
             "layer": c.layer, "impl": c.impl, "compile": c.compile, "device": c.device,
             "dtype": c.dtype, "mode": c.mode, "case": c.label,
@@ -184,8 +185,8 @@ class CaseResult:
             "iqr_ms": s.iqr_s * 1e3 if s else NAN,
             "min_ms": s.min_s * 1e3 if s else NAN,
             "mean_ms": s.mean_s * 1e3 if s else NAN,
-            "ci_lo_ms": s.interval.lo * 1e3 if s else NAN,
-            "ci_hi_ms": s.interval.hi * 1e3 if s else NAN,
+            "ci_lo_ms": interval.lo * 1e3,
+            "ci_hi_ms": interval.hi * 1e3,
             "n_samples": len(s.seconds) if s else 0,
             "calls_per_sample": s.calls_per_sample if s else 0,
             "compile_s": self.compile_s,

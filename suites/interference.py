@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from reports.record import Case, CaseResult
+
 NAN = float("nan")
 #: cores other processes may use beyond those a case leaves free before it is marked: background
 #: daemons and the odd tick of steal on a quiet machine stay below it
@@ -147,10 +149,10 @@ class LoadWatch:
         self.imprecise: list[float] = []  # the precision each imprecise case reached
         self.timed, self.unstable, self.disturbed = timed, unstable, disturbed
 
-    def started(self, case: object) -> None:
+    def started(self, case: Case) -> None:
         pass
 
-    def finished(self, result: Any) -> None:
+    def finished(self, result: CaseResult) -> None:
         if not result.samples:
             return
         self.timed += 1
