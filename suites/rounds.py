@@ -122,8 +122,8 @@ def run_rounds(contestants: Sequence[Contestant], config: TimingConfig, seed: in
     r = 0
     while True:
         for c in contestants:
-            if not c.done and not c.failure:
-                c.done = not needs_more(c, anchor, config) if c is not anchor else False
+            if c is not anchor and not c.done and not c.failure:
+                c.done = not needs_more(c, anchor, config)
         others = [c for c in contestants if c is not anchor and not c.done and not c.failure]
         if anchor is not None and not anchor.failure:
             anchor.done = (not others and not needs_more(anchor, None, config)) or (
