@@ -206,8 +206,9 @@ def ops_table(ops: pd.DataFrame, top: int, title: str) -> Table:
     """``profile``: the top operators by self time, with their share and calls per call."""
     device_time = ops["self_device_us"].sum() > 0
     total = ops["self_cpu_us"].sum()
-    table = Table(title=f"{title}: top operators by self time (per call)",
-                  title_justify="left")
+    heading = f"{title}: top operators by self time (per call)"
+    # a table narrower than its title wraps the title: a table of short operator names did
+    table = Table(title=heading, title_justify="left", min_width=len(heading))
     columns = ["operator", "calls", "self CPU us", "%", "CPU total us"]
     columns += ["self device us", "device total us"] if device_time else []
     for column in columns:

@@ -258,3 +258,20 @@ def test_without_a_terminal_progress_is_plain_lines_with_eta(
     with ProgressBar(3, Console(file=out, force_terminal=False), enabled=False) as bar:
         _finished(bar, 3)  # --quiet: nothing at all
     assert out.getvalue() == ""
+
+
+def test_the_operator_table_keeps_its_title_on_one_line() -> None:
+    import io
+
+    from rich.console import Console
+
+    from reports.console import ops_table
+
+    ops = pd.DataFrame({"op": ["aten::mm"], "calls": [1.0], "self_cpu_us": [3.0],
+                        "cpu_total_us": [3.0], "self_device_us": [0.0],
+                        "device_total_us": [0.0]})
+    out = Console(file=io.StringIO(), width=160, force_terminal=False)
+    out.print(ops_table(ops, 5, "conv/im2col N2_Cin1_Cout4_H8_W8_k3_s1_p0"))
+    first = out.file.getvalue().splitlines()[0]  # type: ignore[attr-defined]
+    assert first.strip() == ("conv/im2col N2_Cin1_Cout4_H8_W8_k3_s1_p0: top operators by self "
+                             "time (per call)")
