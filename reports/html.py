@@ -47,10 +47,14 @@ def page(title: str, body: str) -> str:
             f"<body>\n<h1>{esc(title)}</h1>\n{body}\n</body></html>\n")
 
 
+MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg"}
+
+
 def image(path: Path, alt: str) -> str:
-    """``<img>`` with the PNG embedded, so the page stays whole when copied or mailed."""
+    """``<img>`` with the figure (PNG or SVG) embedded, so the page stays whole when copied or
+    mailed."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+    return f'<img src="data:{MIME[path.suffix.lower()]};base64,{data}" alt="{esc(alt)}">'
 
 
 def figure(path: Path, caption: str) -> str:

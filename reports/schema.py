@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,15 @@ from reports.outcome import EXIT_FAILED, EXIT_OK, UsageError
 SCHEMA_VERSION = 1
 
 KEY_COLUMNS = ("layer", "impl", "compile", "device", "dtype", "mode", "case")
+#: where ``bench --profile`` puts a case's traces and profile page: ``profile/<trace_name>/``
+PROFILE_DIR = "profile"
+
+
+def trace_name(key: Sequence[str]) -> str:
+    """A file-system-safe name for a case's profile directory (one TensorBoard run per case),
+    from its key columns (``KEY_COLUMNS`` order)."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(str(k) for k in key))
+
 RESULT_COLUMNS = (
     "status", "reason", "median_ms", "iqr_ms", "min_ms", "mean_ms", "ci_lo_ms", "ci_hi_ms",
     "n_samples", "calls_per_sample", "compile_s", "flops", "bytes", "gflops", "gbps",

@@ -18,7 +18,6 @@ memory recorded (and Python stacks on request). What comes out, per case:
 
 from __future__ import annotations
 
-import re
 import shutil
 import socket
 import time
@@ -30,6 +29,7 @@ from typing import Any
 from torch.autograd import DeviceType
 from torch.profiler import profile, schedule
 
+from reports import schema
 from reports.record import Case
 from suites.devices import device
 
@@ -71,10 +71,8 @@ class CaseProfile:
 
 
 def trace_name(case: Case) -> str:
-    """A file-system-safe name for the case's trace directory (one TensorBoard run per case)."""
-    raw = "-".join((case.layer, case.impl, case.compile, case.device, case.dtype, case.mode,
-                    case.label))
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", raw)
+    """The case's profile directory name (``reports.schema.trace_name`` of its key)."""
+    return schema.trace_name(case.key)
 
 
 def ops_key(case: Case, profiled_label: str) -> dict[str, str]:
