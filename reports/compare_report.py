@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 
 from reports import html
+from reports.columns import Col, present
 from reports.compare import GEOMEAN_COLUMNS, Comparison, compare_runs
-from reports.console import say
+from reports.console import load_lines, say
 from reports.markdown import md_table
 from reports.meta import environment_rows, load_text
 from reports.outcome import EXIT_FAILED, EXIT_OK, UsageError
@@ -24,34 +25,50 @@ TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.8, 1, 1.25, 2, 5, 10, 20, 50, 100)
 
 
 def write_comparison(comparison: Comparison, out_dir: Path) -> list[Path]:
-    """Write ``compare.csv``, ``compare.md``, ``compare.html`` and ``compare.png``."""
+    """Write ``compare.csv``, ``compare.md``, ``compare.html`` and ``compare.png``: the answer
+    first (regressions, verdict counts, geometric means, each run's load), then the cases that
+    changed, every case, and the runs' machines last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"compare.{ext}" for ext in ("csv", "md", "html", "png")]
     comparison.frame.to_csv(paths[0], index=False)
     plot_ratios(comparison, paths[3])
     counts, sections, geo = _counts(comparison), _sections(comparison), _geo_view(comparison)
+    view = _columns(comparison)
     md = ["# Run comparison", "", "\n\n".join(_summary(comparison)), "", _machines(comparison),
-          "", "## Verdicts", "", md_table(counts)]
+          "", "## Verdicts", "", md_table(counts, COUNT_COLUMNS)]
     for title, frame, total in sections:
         more = f"\n\n… and {total - len(frame)} more in compare.csv" if total > len(frame) else ""
-        md += ["", f"## {title} ({total})", "", md_table(frame) + more]
-    md += ["", "## Geometric mean of ratios", "", md_table(geo) if len(geo) else "no timed cases",
+        md += ["", f"## {title} ({total})", "", md_table(frame, view) + more]
+    md += ["", "## Geometric mean of ratios", "",
+           md_table(geo, present(geo, GEO_COLUMNS)) if len(geo) else "no timed cases",
            "", f"![ratio per case]({paths[3].name})", ""]
     paths[1].write_text("\n".join(md), encoding="utf-8")
-    plain = (line.replace("**", "").replace("`", "") for line in _summary(comparison))
-    body = ["".join(f"<p>{html.esc(line)}</p>" for line in plain),
-            "<h2>Runs</h2>"]
+    plain = [line.replace("**", "").replace("`", "") for line in _summary(comparison)]
+    busy = [f"{_role(i)} {run.label}: {line}" for i, run in enumerate(comparison.runs)
+            for line in load_lines(run.meta)]
+    verdict = plain[-1]
+    body = [f'<p class="{"bad" if comparison.regressions else "good"}">{html.esc(verdict)}</p>',
+            html.table(counts, COUNT_COLUMNS),
+            *(f'<p class="warning">{html.esc(line)}</p>' for line in busy),
+            "<h2>Geometric mean of ratios</h2>",
+            html.table(geo, present(geo, GEO_COLUMNS), sortable=True) if len(geo)
+            else "<p>no timed cases</p>",
+            html.figure(paths[3], "Ratio of medians B/A per case with its 95% bootstrap "
+                        "interval; the grey band is the threshold")]
+    for title, frame, total in _sections(comparison, limit=None):
+        body += [f"<h2>{html.esc(title)} ({total})</h2>",
+                 html.table(frame, view, scroll=True, sortable=True)]
+    body += ["<h2>Every case</h2>",
+             html.table(_view(comparison.frame), view, scroll=True, sortable=True,
+                        filterable=True, table_id="cases"),
+             "<h2>How cases are judged</h2>",
+             "".join(f'<p class="note">{html.esc(line)}</p>' for line in plain[:-1]),
+             "<h2>Runs</h2>"]
     for i, run in enumerate(comparison.runs):
         body += [f"<h3>{'A (baseline)' if i == 0 else 'B'}: {html.esc(run.label)}</h3>",
                  html.definitions(environment_rows(run.meta))]
-    body += ["<h2>Verdicts</h2>", html.table(counts),
-             html.figure(paths[3], "Ratio of medians B/A per case with its 95% bootstrap "
-                         "interval; the grey band is the threshold")]
-    for title, frame, total in _sections(comparison, limit=None):
-        body += [f"<h2>{html.esc(title)} ({total})</h2>", html.table(frame, scroll=True)]
-    body += ["<h2>Geometric mean of ratios</h2>", html.table(geo),
-             "<h2>Every case</h2>", html.table(_view(comparison, comparison.frame), scroll=True)]
-    paths[2].write_text(html.page("Run comparison", "\n".join(body)), encoding="utf-8")
+    paths[2].write_text(html.page("Run comparison", "\n".join(body), plain[0]),
+                        encoding="utf-8")
     return paths
 
 
@@ -120,6 +137,32 @@ def _summary(c: Comparison) -> list[str]:
             *c.notes, result]
 
 
+COUNT_COLUMNS = [Col("run_b", "run B"), *(Col(v, v, "int") for v in VERDICT_COLORS),
+                 Col("regressions", "regressions", "int")]
+GEO_COLUMNS = [Col("run_b", "run B"), Col("layer", "layer"), Col("variant", "implementation"),
+               Col("cases", "cases", "int"),
+               Col("geomean_ratio", "B / A (geomean)", "num", "geometric mean of the ratios: "
+                   "above 1, B is slower"),
+               Col("min_ratio", "lowest", "num"), Col("max_ratio", "highest", "num"),
+               Col("slower", "slower", "int"), Col("faster", "faster", "int")]
+
+
+def _columns(c: Comparison) -> list[Col]:
+    """How the case tables of a comparison read (``_view``'s columns)."""
+    relative = [Col("rel_a", "A / builtin", "num"), Col("rel_b", "B / builtin", "num")]
+    return [*([Col("run_b", "run B")] if len(c.runs) > 2 else []),
+            Col("variant", "implementation"), Col("case", "size"), Col("layer", "layer"),
+            Col("setting", "setting", tip="device, dtype, mode"),
+            Col("status_a", "status A"), Col("status_b", "status B"),
+            Col("median_a_ms", "A median", "ms"), Col("median_b_ms", "B median", "ms"),
+            *(relative if c.basis == "relative" else []),
+            Col("ratio", "B / A", "num", "ratio of medians with its 95% bootstrap interval: "
+                "above 1, B is slower", interval=("ci_lo", "ci_hi")),
+            Col("p_value", "p", "num", "one-sided Mann-Whitney U"),
+            Col("threshold_used", "threshold", "pct"), Col("verdict", "verdict"),
+            Col("note", "note")]
+
+
 def _counts(c: Comparison) -> pd.DataFrame:
     counts = pd.crosstab(c.frame["run_b"], c.frame["verdict"])
     counts = counts.reindex(columns=list(VERDICT_COLORS), fill_value=0).reset_index()
@@ -140,19 +183,15 @@ def _sections(c: Comparison, limit: int | None = TABLE_ROWS) -> list[tuple[str, 
     for title, rows, ascending in picks:
         if len(rows):
             rows = rows.sort_values("ratio", ascending=ascending, na_position="first")
-            out.append((title, _view(c, rows.head(limit) if limit else rows), len(rows)))
+            out.append((title, _view(rows.head(limit) if limit else rows), len(rows)))
     return out
 
 
-def _view(c: Comparison, rows: pd.DataFrame) -> pd.DataFrame:
-    """The columns a reader needs, ``variant`` instead of impl + compile."""
-    view = rows.assign(variant=variants(rows))
-    columns = ["run_b"] if len(c.runs) > 2 else []
-    columns += ["layer", "variant", "device", "dtype", "mode", "case", "status_a", "status_b",
-                "median_a_ms", "median_b_ms"]
-    columns += ["rel_a", "rel_b"] if c.basis == "relative" else []
-    columns += ["ratio", "ci_lo", "ci_hi", "p_value", "threshold_used", "verdict", "note"]
-    return view[columns]
+def _view(rows: pd.DataFrame) -> pd.DataFrame:
+    """Comparison rows with ``variant`` (impl + compile) and ``setting`` (device dtype mode)."""
+    return rows.assign(variant=variants(rows),
+                       setting=rows[["device", "dtype", "mode"]].agg(" ".join, axis=1)
+                       if len(rows) else [])
 
 
 def _geo_view(c: Comparison) -> pd.DataFrame:

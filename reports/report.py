@@ -1,7 +1,11 @@
 """A run directory's report: figures under ``plots/``, ``report.html`` and ``report.md``.
 
-Everything is rebuilt from the files of the run (``results.csv``, ``meta.json``), so
-``python cli.py report RUN_DIR`` gives the same report as the end of ``bench``.
+Both open with the answer (``reports.verdict``: per layer and setting, the fastest correct
+implementation or a tie, the best hand-written one against the builtin, how many cases are
+correct, which need a second look), then each layer's tables and figures, every case, and the
+run's machine and method last. Everything is rebuilt from the files of the run
+(``results.csv``, ``meta.json``, ``ops.csv``, ``profile/``), so ``python cli.py report RUN_DIR``
+gives the same report as the end of ``bench``.
 """
 
 from __future__ import annotations
@@ -9,57 +13,75 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from reports import html
-from reports.analysis import (
-    MARK_LEGEND,
-    best_per_size,
-    growth_exponents,
-    marks,
-    measured,
-    profile_table,
-)
+from reports.analysis import MARK_LEGEND, marks, profile_table
+from reports.columns import Col, results_columns
 from reports.console import load_lines, say
 from reports.markdown import definitions, md_table
 from reports.meta import environment_rows
 from reports.outcome import UsageError
-from reports.schema import STATUSES, load_ops, load_run
-from reports.stats import geomean
-from reports.style import Palette, palette, speedup_text, variant, variants
+from reports.schema import KEY_COLUMNS, PROFILE_DIR, load_ops, load_run, trace_name
+from reports.style import palette
+from reports.summary import (
+    BEST_COLUMNS,
+    PROBLEM_COLUMNS,
+    PROFILE_COLUMNS,
+    UNSTABLE_COLUMNS,
+    VARIANT_COLUMNS,
+    layer_summary,
+    marked,
+    status_counts,
+    variant_summary,
+)
+from reports.verdict import verdicts
 
-TABLE_COLUMNS = ["mark", "layer", "impl", "compile", "device", "dtype", "mode", "case",
-                 "status", "median_ms", "ci_lo_ms", "ci_hi_ms", "iqr_ms", "n_samples", "gflops",
-                 "gbps", "roofline_frac", "speedup_vs_builtin", "speedup_lo", "speedup_hi",
-                 "rel_err", "grad_rel_err", "compile_s", "peak_mem_bytes", "op_calls",
-                 "precision", "busy_cores", "stable", "flags", "reason"]
-SETTING = ["device", "dtype", "mode"]
+__all__ = ["build_report", "report", "status_counts", "variant_summary"]
+
+EVERY_CASE = results_columns(
+    ["variant", "case", "layer", "setting", "status", "median_ms",
+     "speedup_vs_builtin", "gflops", "roofline_frac", "rel_err", "grad_rel_err", "n_samples",
+     "precision", "busy_cores", "iqr_ms", "compile_s", "peak_mem_bytes", "op_calls", "flags",
+     "reason"])
+VERDICT_COLUMNS = [
+    Col("layer", "layer"), Col("setting", "setting", tip="device, dtype, mode"),
+    Col("fastest", "fastest correct", tip="geometric mean of the speed against the eager "
+        "builtin over every size, 95% interval; a tie where intervals overlap"),
+    Col("wins", "fastest per size", tip="how often each was fastest at one size"),
+    Col("hand", "best hand-written vs builtin",
+        tip="the fastest implementation other than the builtin (compiled or not)"),
+    Col("correct", "correct", tip="cases correct against the float64 reference"),
+    Col("failed", "not correct or not run"), Col("look", "take a second look"),
+]
 MD_ROWS = 20  # unstable or flagged cases listed in report.md at most, per layer
 METHOD = (
     "Correctness: every case against a float64 CPU reference computed from the same rounded "
     "inputs (outputs, every gradient, updated state), per-dtype tolerances. Timing: median of raw "
-    "samples after warm-up (CPU: torch.utils.benchmark blocks on the recorded thread count; CUDA: "
-    "events with the L2 cache flushed between samples). FLOPs count a multiply-add as 2 and "
-    "masked (causal) attention densely; bytes are the minimum traffic (each input, weight and "
-    "output once). Roofline fraction = achieved / min(peak matmul FLOP/s of the dtype, "
-    "intensity x copy bandwidth), ceilings from `python cli.py calibrate`. Growth exponent = "
-    "log-log slope of time vs FLOPs over the sizes measured: ~1 means time grows with the work, "
-    "well below 1 means fixed overheads dominate. Fastest per size: named only where its 95% "
-    "interval of the median ends below the runner-up's, else a tie of the implementations whose "
-    "intervals overlap the best's; speedups with their 95% interval.")
-
+    "samples after warm-up, in rounds that interleave a size's implementations (CPU: blocks of "
+    "calls on the recorded thread count; CUDA: events with the L2 cache flushed between "
+    "samples). FLOPs count a multiply-add as 2 and masked (causal) attention densely; bytes are "
+    "the minimum traffic (each input, weight and output once). Roofline fraction = achieved / "
+    "min(peak matmul FLOP/s of the dtype, intensity x copy bandwidth), ceilings from `python "
+    "cli.py calibrate`. Growth exponent = log-log slope of time vs FLOPs over three sizes or "
+    "more: ~1 means time grows with the work, well below 1 means fixed overheads dominate. "
+    "Speed against the builtin: per size the median of paired per-round ratios with its 95% "
+    "interval; over sizes their geometric mean, intervals combined as independent errors. "
+    "Fastest per size: named only where its 95% interval of the median ends below the "
+    "runner-up's, else a tie of the implementations whose intervals overlap the best's.")
 PROFILE_NOTE = (
-    "From `--profile`: a separate pass under torch.profiler after the timing. profiled_ms: the "
-    "self time of every operator per call, under the profiler (above median_ms, the honest "
-    "time); op_calls: operators launched per call; peak_mem_mib: the most memory a call holds "
-    "beyond its inputs (CPU: the profiler's allocation events; CUDA: max_memory_allocated); "
-    "top_op: the operator with the most self time, top_share its part. Traces: profile/<case>/ "
-    "(TensorBoard: tensorboard --logdir profile; Perfetto: open profile/<case>/trace.json).")
+    "From `--profile`: a separate pass under torch.profiler after the timing. Under the "
+    "profiler: the self time of every operator per call (above the median time, the honest "
+    "one); operators per call: launched by the implementation; peak memory: the most a call "
+    "holds beyond its inputs (CPU: the profiler's allocation events; CUDA: "
+    "max_memory_allocated). Each case's page (the 'profile' link) works offline; TensorBoard "
+    "(tensorboard --logdir profile) and Perfetto (profile/<case>/trace.json) need internet "
+    "access for their views.")
 
 
 def build_report(run_dir: str | Path) -> list[Path]:
-    """Write the figures, ``report.html`` and ``report.md`` of ``run_dir``; return their paths.
+    """Write the figures, the profile pages, ``report.html`` and ``report.md`` of ``run_dir``;
+    return their paths (the two reports first).
 
     Raises ``RunDataError`` when the run directory is missing, corrupt or empty.
     """
@@ -69,17 +91,19 @@ def build_report(run_dir: str | Path) -> list[Path]:
     results, meta = load_run(run_dir)
     ops = load_ops(run_dir)
     figures = render(results, meta, run_dir / "plots", ops)
+    pages = _profile_pages(run_dir, ops)
     profiled = profile_table(results, ops)
     order = palette(meta, results["impl"])
-    summaries = {layer: _layer_summary(rows, profiled[profiled["layer"] == layer], order)
+    summaries = {layer: layer_summary(rows, profiled[profiled["layer"] == layer], order)
                  for layer, rows in results.groupby("layer", sort=False)}
     title = f"layerbench report: {meta.get('run_id', run_dir.name)}"
     html_path, md_path = run_dir / "report.html", run_dir / "report.md"
-    html_path.write_text(html.page(title, _html_body(results, meta, summaries, figures)),
-                         encoding="utf-8")
+    body = _html_body(results, meta, summaries, figures, _links(results, figures, pages,
+                                                                run_dir))
+    html_path.write_text(html.page(title, body, _subtitle(results, meta)), encoding="utf-8")
     md_path.write_text(_markdown(title, results, meta, summaries, figures, run_dir),
                        encoding="utf-8")
-    return [html_path, md_path, *(f.path for f in figures)]
+    return [html_path, md_path, *(f.path for f in figures), *pages.values()]
 
 
 def report(run_dir: Path) -> int:
@@ -90,103 +114,52 @@ def report(run_dir: Path) -> int:
         raise UsageError(f"{run_dir}: cannot write the report ({exc.strerror or exc})") from None
     for path in paths[:2]:
         say(str(path))
-    say(f"{len(paths) - 2} figures in {run_dir / 'plots'}")
+    say(f"{sum(p.parent == run_dir / 'plots' for p in paths)} figures in {run_dir / 'plots'}")
     return 0
 
 
-def status_counts(results: pd.DataFrame) -> pd.DataFrame:
-    """Cases per layer and status (every status a column, zeros included)."""
-    counts = pd.crosstab(results["layer"], results["status"]).reindex(
-        columns=list(STATUSES), fill_value=0)
-    counts.insert(0, "cases", counts.sum(axis=1))
-    counts = counts.reindex(pd.unique(results["layer"])).reset_index()
-    counts.columns.name = None
-    return counts
+def _profile_pages(run_dir: Path, ops: pd.DataFrame) -> dict[tuple[str, ...], Path]:
+    """Each profiled case's offline page (``reports.profile_page``), by case key."""
+    if ops.empty:
+        return {}
+    from reports.profile_page import write_run_pages
+
+    return write_run_pages(run_dir)
 
 
-def variant_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """Per variant and setting: sizes measured, geomean speedup vs builtin, growth exponent,
-    correct sizes marked unstable (``~``) or flagged implausible (``!``)."""
-    exponents = growth_exponents(results).set_index(["impl", "compile", *SETTING])["exponent"]
-    rows = []
-    timed = measured(results)
-    for key, group in results.groupby(["impl", "compile", *SETTING], sort=False):
-        ok = timed.loc[timed.index.intersection(group.index)]
-        ok = ok[ok["status"] == "ok"]
-        speedups = ok["speedup_vs_builtin"].dropna()
-        judged = ok["stable"].notna().any()  # runs before stability was judged: unknown
-        rows.append({
-            "variant": variant(key[0], key[1]), "setting": " ".join(key[2:]),
-            "cases": len(group), "ok": int((group["status"] == "ok").sum()),
-            "speedup_vs_builtin": geomean(speedups) if len(speedups) else np.nan,
-            "growth_exponent": exponents.get(key, np.nan),
-            "best_roofline_frac": ok["roofline_frac"].max() if len(ok) else np.nan,
-            "fastest_ms": ok["median_ms"].min() if len(ok) else np.nan,
-            "unstable": int((ok["stable"] == 0).sum()) if judged else np.nan,
-            "flagged": int(marks(ok).str.contains("!", regex=False).sum()) if judged
-            else np.nan,
-        })
-    return pd.DataFrame(rows)
+def _subtitle(results: pd.DataFrame, meta: dict[str, Any]) -> str:
+    machine = meta.get("machine") or {}
+    devices = ", ".join(pd.unique(results["device"]))
+    return (f"{len(results)} cases on {devices} ({machine.get('cpu_model', '?')}, torch "
+            f"{machine.get('torch', '?')}), {str(meta.get('start_time', '?'))[:16]}")
 
 
-def _setting(rows: pd.DataFrame) -> pd.Series | list[str]:
-    return rows[SETTING].agg(" ".join, axis=1) if len(rows) else []
+def _links(results: pd.DataFrame, figures: list[Any], pages: dict[tuple[str, ...], Path],
+           run_dir: Path) -> list[str]:
+    """Per row of ``results``: links to its layer's first figure, its profile page (or trace)
+    and its row of results.csv."""
+    first = {}
+    for f in figures:
+        first.setdefault(f.layer, f)
+    out = []
+    for number, (_, row) in enumerate(results.iterrows(), start=1):
+        key = tuple(str(row[c]) for c in KEY_COLUMNS)
+        parts = []
+        if row["layer"] in first:
+            parts.append(f'<a href="#{_figure_id(first[row["layer"]])}">figure</a>')
+        trace = run_dir / PROFILE_DIR / trace_name(key) / "trace.json"
+        target = pages.get(key) or (trace if trace.is_file() else None)
+        if target is not None:
+            parts.append(f'<a href="{html.esc(target.relative_to(run_dir).as_posix())}">'
+                         "profile</a>")
+        parts.append(f'<a href="results.csv" title="row {number} of results.csv">csv '
+                     f"{number}</a>")
+        out.append(" · ".join(parts))
+    return out
 
 
-def _marked(rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` with ``variant`` (marked ``~`` unstable, ``!`` flagged) and ``setting``; a mark
-    without flags gets ``unstable`` as its ``flags``, so every mark has its note."""
-    mark = marks(rows)
-    flags = rows["flags"].where((rows["flags"] != "") | (mark == ""), "unstable")
-    return rows.assign(variant=mark + pd.Series(variants(rows), index=rows.index, dtype=object),
-                       setting=_setting(rows), flags=flags)
-
-
-def _best(rows: pd.DataFrame) -> pd.DataFrame:
-    """The fastest correct implementation per size, as the report shows it."""
-    best = best_per_size(rows)
-    interval = [f"{lo:.4g}-{hi:.4g}" if np.isfinite(lo) and np.isfinite(hi) else ""
-                for lo, hi in zip(best["ci_lo_ms"], best["ci_hi_ms"], strict=True)]
-    speedup = [speedup_text(*s) for s in zip(best["speedup_vs_builtin"], best["speedup_lo"],
-                                             best["speedup_hi"], strict=True)]
-    return pd.DataFrame({"setting": _setting(best), "case": best["case"],
-                         "fastest": best["verdict"], "median_ms": best["median_ms"],
-                         "ci95_ms": interval, "speedup": speedup, "gflops": best["gflops"],
-                         "runner_up": best["runner_up"],
-                         "runner_up_ratio": best["runner_up_ratio"], "flags": best["flags"]})
-
-
-def _layer_summary(rows: pd.DataFrame, profiled: pd.DataFrame,
-                   order: Palette) -> dict[str, pd.DataFrame]:
-    key = ["layer", "impl", "compile", *SETTING, "case"]
-    problems = _marked(rows[rows["status"] != "ok"])
-    ok = rows[rows["status"] == "ok"]
-    shaky = _marked(ok[marks(ok) != ""])
-    profiled = _marked(profiled.merge(rows[[*key, "stable", "flags"]], on=key, how="left")
-                       .fillna({"flags": ""}))
-    if len(profiled):  # the run's order of implementations, then smallest size first
-        rank = {impl: i for i, impl in enumerate(order.sorted(profiled["impl"]))}
-        flops = rows.groupby("case")["flops"].min()
-        profiled = profiled.assign(_i=profiled["impl"].map(rank),
-                                   _f=profiled["case"].map(flops)).sort_values(
-            ["setting", "_i", "compile", "_f"], kind="stable")
-    return {"variants": variant_summary(rows), "best": _best(rows),
-            "problems": problems[["variant", "setting", "case", "status", "reason", "flags"]],
-            "unstable": shaky[["variant", "setting", "case", "median_ms", "precision",
-                               "busy_cores", "flags"]],
-            "profile": profiled[["variant", "setting", "case", "median_ms", "profiled_ms",
-                                 "op_calls", "peak_mem_mib", "top_op", "top_share", "flags"]]}
-
-
-def _html_table(frame: pd.DataFrame, scroll: bool = False, show_flags: bool = False) -> str:
-    """``frame`` in HTML, its ``flags`` as each row's note (and a column if ``show_flags``)."""
-    shown = frame if show_flags else frame.drop(columns="flags")
-    return html.table(shown, scroll=scroll, row_notes=frame["flags"])
-
-
-def _md_table(frame: pd.DataFrame) -> str:
-    """``frame`` in Markdown, with its ``flags`` column only where a row has some."""
-    return md_table(frame if (frame["flags"] != "").any() else frame.drop(columns="flags"))
+def _figure_id(figure: Any) -> str:
+    return f"fig-{figure.layer}-{figure.kind}"
 
 
 def _warnings(results: pd.DataFrame, meta: dict[str, Any]) -> tuple[list[str], str]:
@@ -194,38 +167,55 @@ def _warnings(results: pd.DataFrame, meta: dict[str, Any]) -> tuple[list[str], s
     return load_lines(meta), MARK_LEGEND if (marks(results) != "").any() else ""
 
 
+def _html_table(frame: pd.DataFrame, columns: list[Col], **options: Any) -> str:
+    """``frame`` in HTML, each row's ``flags`` as its note."""
+    return html.table(frame, columns, row_notes=frame["flags"], **options)
+
+
 def _html_body(results: pd.DataFrame, meta: dict[str, Any],
-               summaries: dict[str, dict[str, pd.DataFrame]], figures: list[Any]) -> str:
+               summaries: dict[str, dict[str, pd.DataFrame]], figures: list[Any],
+               links: list[str]) -> str:
     warnings, legend = _warnings(results, meta)
-    parts = [f'<p class="warning">{html.esc(line)}</p>' for line in warnings]
-    parts += ["<h2>Run</h2>", html.definitions(environment_rows(meta)),
-              f'<p class="note">{html.esc(METHOD)}</p>',
-              "<h2>At a glance</h2>", html.table(status_counts(results))]
+    toc = " ".join(f'<a href="#{html.esc(x)}">{html.esc(x)}</a>'
+                   for x in ["verdict", *summaries, "every-case", "run"])
+    parts = [f'<nav class="toc">{toc}</nav>',
+             *(f'<p class="warning">{html.esc(line)}</p>' for line in warnings),
+             '<h2 id="verdict">Verdict</h2>',
+             html.table(verdicts(results), VERDICT_COLUMNS).replace("<table", '<table '
+                                                                    'class="verdict"', 1)]
     if legend:
         parts.append(f'<p class="note">Marks: {html.esc(legend)}. Hover over a highlighted '
                      "row for its flags.</p>")
     for layer, summary in summaries.items():
         parts += [f'<h2 id="{html.esc(layer)}">{html.esc(layer)}</h2>',
-                  "<h3>Implementations</h3>",
-                  html.table(summary["variants"]),
-                  '<p class="note">speedup_vs_builtin: geometric mean over the correct sizes '
-                  "(2 = twice as fast as the eager builtin); growth_exponent: see above; "
-                  "unstable, flagged: correct sizes marked ~ and !.</p>"]
-        for name, title in (("best", "Fastest correct implementation per size"),
-                            ("unstable", "Unstable or flagged cases"),
-                            ("problems", "Failures and skips")):
+                  "<h3>Implementations</h3>", html.table(summary["variants"], VARIANT_COLUMNS,
+                                                         sortable=True)]
+        for name, title, columns in (
+                ("best", "Fastest correct implementation per size", BEST_COLUMNS),
+                ("unstable", "Unstable or flagged cases", UNSTABLE_COLUMNS),
+                ("problems", "Failures and skips", PROBLEM_COLUMNS)):
             if len(summary[name]):
-                parts += [f"<h3>{title}</h3>",
-                          _html_table(summary[name], show_flags=name == "unstable")]
+                parts += [f"<h3>{title}</h3>", _html_table(summary[name], columns,
+                                                           sortable=True)]
         if len(summary["profile"]):
-            parts += ["<h3>Where the time goes (profiled)</h3>", _html_table(summary["profile"]),
+            parts += ["<h3>Where the time goes (profiled)</h3>",
+                      _html_table(summary["profile"], PROFILE_COLUMNS, sortable=True),
                       f'<p class="note">{html.esc(PROFILE_NOTE)}</p>']
-        parts += [html.figure(f.path, f"{f.title}. {f.caption}")
+        parts += [html.figure(f.path, f"{f.title}. {f.caption}", _figure_id(f))
                   for f in figures if f.layer == layer]
-    table = results.assign(mark=marks(results))
-    table = table[[c for c in TABLE_COLUMNS if c in table.columns]]
-    parts += ["<h2>Every case</h2>", _html_table(table, scroll=True, show_flags=True)]
+    table = marked(results)
+    parts += ['<h2 id="every-case">Every case</h2>',
+              _html_table(table, EVERY_CASE, links=links, scroll=True, sortable=True,
+                          filterable=True, table_id="cases"),
+              '<h2 id="run">Run and method</h2>', html.definitions(environment_rows(meta)),
+              html.table(status_counts(results)), f'<p class="note">{html.esc(METHOD)}</p>']
     return "\n".join(parts)
+
+
+def _md_table(frame: pd.DataFrame, columns: list[Col]) -> str:
+    """``frame`` in Markdown, with its ``flags`` column only where a row has some."""
+    flags = "flags" in frame.columns and (frame["flags"] != "").any()
+    return md_table(frame, [c for c in columns if c.key != "flags" or flags])
 
 
 def _markdown(title: str, results: pd.DataFrame, meta: dict[str, Any],
@@ -236,19 +226,20 @@ def _markdown(title: str, results: pd.DataFrame, meta: dict[str, Any],
     rows = [(k, v) for k, v in environment_rows(meta) if k in keep or k.startswith(("GPU",
                                                                                   "ceilings"))]
     warnings, legend = _warnings(results, meta)
-    lines = [f"# {title}", "", *(f"> **{line}**\n" for line in warnings), definitions(rows), "",
-             "## At a glance", "", md_table(status_counts(results)), ""]
+    lines = [f"# {title}", "", *(f"> **{line}**\n" for line in warnings), "## Verdict", "",
+             md_table(verdicts(results), VERDICT_COLUMNS), ""]
     if legend:
         lines += [f"Marks: {legend}.", ""]
     for layer, summary in summaries.items():
-        lines += [f"## {layer}", "", md_table(summary["variants"]), ""]
+        lines += [f"## {layer}", "", md_table(summary["variants"], VARIANT_COLUMNS), ""]
         problems = summary["problems"]
-        for title, frame in (("Fastest per size", summary["best"]),
-                             ("Unstable or flagged", summary["unstable"].head(MD_ROWS)),
-                             ("Failures", problems[problems["status"] != "skipped"]),
-                             ("Where the time goes (profiled)", summary["profile"])):
+        for title, frame, columns in (
+                ("Fastest per size", summary["best"], BEST_COLUMNS),
+                ("Unstable or flagged", summary["unstable"].head(MD_ROWS), UNSTABLE_COLUMNS),
+                ("Failures", problems[problems["status"] != "skipped"], PROBLEM_COLUMNS),
+                ("Where the time goes (profiled)", summary["profile"], PROFILE_COLUMNS)):
             if len(frame):
-                lines += [f"**{title}:**", "", _md_table(frame), ""]
+                lines += [f"**{title}:**", "", _md_table(frame, columns), ""]
         if len(summary["unstable"]) > MD_ROWS:
             lines += [f"… and {len(summary['unstable']) - MD_ROWS} more unstable or flagged "
                       "case(s) in report.html.", ""]
@@ -258,6 +249,7 @@ def _markdown(title: str, results: pd.DataFrame, meta: dict[str, Any],
                  for f in figures if f.layer == layer]
         if links:
             lines += ["Figures: " + " · ".join(links), ""]
-    lines += [f"Full report: `report.html`; every case: `results.csv` "
+    lines += ["## Run", "", definitions(rows), "",
+              f"Full report: `report.html`; every case: `results.csv` "
               f"({len(results)} rows, {machine.get('cpu_model', '?')}).", ""]
     return "\n".join(lines)

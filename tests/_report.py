@@ -16,7 +16,7 @@ def assert_self_contained(html: str) -> None:
     match = EXTERNAL.search(html)
     assert match is None, html[max(match.start() - 80, 0):match.end() + 80] if match else ""
     for src in re.findall(r"""<img[^>]*src=["']([^"']+)""", html):
-        assert src.startswith("data:image/png;base64,"), src[:80]
+        assert src.startswith(("data:image/png;base64,", "data:image/svg+xml;base64,")), src[:80]
 
 
 def assert_links_resolve(markdown: str, root: Path) -> None:

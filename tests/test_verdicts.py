@@ -154,14 +154,15 @@ def test_report_marks_unstable_cases_and_warns_of_a_busy_machine(shaky: Path) ->
     write_json(shaky / "meta.json", {**meta, "load": BUSY})
     build_report(shaky)
     md = (shaky / "report.md").read_text(encoding="utf-8")
-    assert md.index(BUSY["warning"]) < md.index("## At a glance")
+    assert md.index(BUSY["warning"]) < md.index("## Verdict") < md.index("## Run")
     assert "other processes used 0.9 of 2 cores on average (max 1.1)" in md
     assert "1.20/0.90/0.70 at start" in md
     assert "| ~einsum | cpu float32 fwd | N8 |" in md and INTERFERENCE in md
     assert "| !im2col | cpu float32 fwd | N1 |" in md and TOO_FAST in md
     assert "Marks: ~ unstable" in md
     page = (shaky / "report.html").read_text(encoding="utf-8")
-    assert page.index(BUSY["warning"]) < page.index("<h2>Run</h2>")
+    assert page.index(BUSY["warning"]) < page.index('<h2 id="verdict">') < page.index(
+        '<h2 id="run">')
     assert f'<tr class="flagged" title="{INTERFERENCE}">' in page
     assert '<td class="text">~einsum</td>' in page
     assert f'title="{TOO_FAST.replace(">", "&gt;")}"' in page
