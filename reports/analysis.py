@@ -14,6 +14,9 @@ from reports.schema import TIMED, device_kind
 from reports.style import variant
 
 GROUP = ["layer", "impl", "compile", "device", "dtype", "mode"]
+#: distinct sizes a growth exponent is fitted from: a line through two points always fits, so
+#: two would give a slope whatever the shape of the curve
+MIN_GROWTH_POINTS = 3
 
 
 def measured(results: pd.DataFrame) -> pd.DataFrame:
@@ -26,7 +29,8 @@ def growth_exponents(results: pd.DataFrame) -> pd.DataFrame:
     """Log-log slope of median time against FLOPs, per implementation and setting.
 
     A slope of 1 means time grows in proportion to the work (a compute-bound loop); well below 1
-    means fixed overheads dominate the sizes measured. Needs two or more distinct FLOP counts.
+    means fixed overheads dominate the sizes measured. Needs ``MIN_GROWTH_POINTS`` distinct FLOP
+    counts; a variant with fewer has no row.
     Columns: the group, ``variant``, ``exponent``, ``r2``, ``points``, ``flops_min``,
     ``flops_max``.
     """
@@ -35,7 +39,7 @@ def growth_exponents(results: pd.DataFrame) -> pd.DataFrame:
     timed = timed[timed["flops"] > 0]
     for key, group in timed.groupby(GROUP, sort=False):
         x, y = np.log(group["flops"].to_numpy(float)), np.log(group["median_ms"].to_numpy(float))
-        if len(np.unique(x)) < 2:
+        if len(np.unique(x)) < MIN_GROWTH_POINTS:
             continue
         slope, intercept = np.polyfit(x, y, 1)
         residual = y - (slope * x + intercept)

@@ -1,7 +1,8 @@
 """Figures of one run: latency, speedup, roofline, correctness, compile and backward per layer.
 
-``render`` writes ``<layer>_<kind>.png`` for every figure the run has data for (and, for a
-profiled run, the figures of ``reports.profile_plots``). Figures are
+``render`` writes ``<layer>_<kind>.svg`` for every figure the run has data for (and, for a
+profiled run, the figures of ``reports.profile_plots``); ``.png`` instead for a figure of many
+points, whose SVG would be large (``reports.figures.save``). Figures are
 ``matplotlib.figure.Figure`` objects drawn without pyplot (no GUI backend, no global registry of
 open figures to leak) under a seaborn theme; matplotlib and seaborn are imported only when a
 figure is drawn, since importing them takes a second or more.
@@ -17,10 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reports.analysis import MIN_GROWTH_POINTS
 from reports.figures import (
-    DPI,
+    BIN_RATIO,
+    CASE_LABELS_IN,
     FACET,
-    WIDTH_IN,
     Drawn,
     Figure,
     LayerData,
@@ -29,12 +31,14 @@ from reports.figures import (
     facet_title,
     fig_legend,
     grid,
+    label_points,
     layer_data,
     legend,
     lines,
     pick,
     positions,
     positive,
+    save,
     setting,
     slopes_of,
     style,
@@ -68,8 +72,8 @@ def render(results: pd.DataFrame, meta: dict[str, Any], out_dir: Path,
                 if drawn is None:
                     continue
                 drawn.fig.suptitle(drawn.title, fontsize="large")
-                path = out_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', layer.name)}_{kind}.png"
-                drawn.fig.savefig(path, dpi=DPI)
+                stem = out_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', layer.name)}_{kind}"
+                path = save(drawn.fig, stem)
                 figures.append(Figure(path, layer.name, kind, drawn.title, drawn.caption))
     return figures
 
@@ -82,13 +86,13 @@ def _latency(layer: LayerData) -> Drawn | None:
     if timed.empty:
         return None
     facets = facet_keys(pd.concat([timed, predicted]))
-    fig, axes = grid(len(facets))
-    for ax, facet in zip(axes[:, 0], facets, strict=True):
+    fig, axes = grid(len(facets), col_in=6.2, legend_in=0.0)  # a legend (slopes) per panel
+    for ax, facet in zip(axes, facets, strict=True):
         sub = subset(timed, FACET, facet)
 
         def label(impl: str, mode: str, facet: tuple[str, ...] = facet) -> str:
             slope = layer.slopes.get((impl, mode, *facet))
-            return variant(impl, mode) + ("" if slope is None else f" (slope {slope:.2f})")
+            return f"{variant(impl, mode)} (slope {'n/a' if slope is None else f'{slope:.2f}'})"
 
         lines(ax, sub, "flops", "median_ms", layer.palette, label=label)
         for impl, mode in variant_pairs(sub, layer.palette):  # the IQR as a bar around each median
@@ -108,10 +112,13 @@ def _latency(layer: LayerData) -> Drawn | None:
                ylabel="median time per call (ms)")
         facet_title(ax, facet)
         legend(ax)
-    caption = ("Median time per call against the FLOPs of the call, both on log scales; one line "
-               "per implementation (marker and dashes show the compile mode), vertical bars span "
-               "the interquartile range. The legend's slope is the growth exponent: 1 means time "
-               "grows with the work, well below 1 means fixed overheads dominate these sizes.")
+    caption = ("Median time per call against the FLOPs of the call, both on log scales; a marker "
+               "per size and a line per implementation (marker and dashes show the compile "
+               f"mode) through the sizes, those within {BIN_RATIO:g}x of each other's FLOPs "
+               "averaged into one point; vertical bars span the interquartile range. The "
+               "legend's slope is the growth exponent, fitted over "
+               f"{MIN_GROWTH_POINTS} sizes or more (n/a with fewer): 1 means time grows with "
+               "the work, well below 1 means fixed overheads dominate these sizes.")
     if not predicted.empty:
         caption += (" Hollow markers are naive-loop cases skipped by the time budget, drawn at "
                     "their predicted time per call.")
@@ -132,15 +139,15 @@ def _speedup(layer: LayerData) -> Drawn | None:
         return None
     cases, pos = positions(layer.cases, data)
     facets = facet_keys(data)
-    fig, axes = grid(len(facets), sharex=True)
-    for ax, facet in zip(axes[:, 0], facets, strict=True):
+    fig, axes = grid(len(facets), extra_in=CASE_LABELS_IN)
+    for ax, facet in zip(axes, facets, strict=True):
         lines(ax, subset(data, FACET, facet), "case", "speedup_vs_builtin", layer.palette,
               pos=pos)
         ax.axhline(1.0, color="0.2", linestyle=":", linewidth=1.2, label="builtin (eager) = 1")
         ax.set(yscale="log", ylabel="speedup vs builtin (x)")
         facet_title(ax, facet)
-    case_axis(axes[-1, 0], cases)
-    fig_legend(axes)
+    case_axis(axes, cases)
+    fig_legend(fig, axes)
     caption = ("Builtin median time divided by this implementation's, per size, on a log scale: "
                "above the dotted line at 1 is faster than the eager builtin, below is slower "
                "(0.1 = ten times slower).")
@@ -160,24 +167,35 @@ def _roofline(layer: LayerData) -> Drawn | None:
              & t["device"].isin(list(calibration))]
     if data.empty:
         return None
-    data = data.assign(intensity=data["flops"] / data["bytes"])
+    rank = {c: i / max(len(layer.cases) - 1, 1) for i, c in enumerate(layer.cases)}
+    data = data.assign(intensity=data["flops"] / data["bytes"],
+                       area=14 + 56 * data["case"].map(rank).fillna(0.0))
     facets = facet_keys(data)
     fig, axes = grid(len(facets))
-    for ax, (device, dtype, mode) in zip(axes[:, 0], facets, strict=True):
+    for ax, (device, dtype, mode) in zip(axes, facets, strict=True):
         sub = subset(data, FACET, (device, dtype, mode))
+        best = []
         for impl, compile_mode in variant_pairs(sub, layer.palette):
             g = pick(sub, impl, compile_mode)
-            ax.scatter(g["intensity"], g["gflops"], color=layer.palette.color(impl), s=26,
-                       marker=style(compile_mode)["marker"], label=variant(impl, compile_mode))
+            ax.scatter(g["intensity"], g["gflops"], color=layer.palette.color(impl), s=g["area"],
+                       marker=style(compile_mode)["marker"], label=variant(impl, compile_mode),
+                       alpha=0.85, linewidths=0)
+            top = g.loc[g["gflops"].idxmax()]
+            best.append((top["intensity"], top["gflops"], variant(impl, compile_mode),
+                         layer.palette.color(impl)))
         _ceiling(ax, calibration[device], device, dtype, layer.meta, sub["intensity"])
         ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs per byte)",
                ylabel="achieved GFLOP/s")
+        ax.autoscale_view()
+        label_points(ax, best, top=0.88)  # above: the ceiling's label
         facet_title(ax, (device, dtype, mode))
-    fig_legend(axes)
+    fig_legend(fig, axes)
     caption = ("Achieved GFLOP/s against arithmetic intensity (FLOPs per byte moved), both on log "
-               "scales. The grey line is the attainable ceiling, min(peak matmul GFLOP/s, "
-               "intensity x copy GB/s), from this machine's calibration: points under its slope "
-               "are memory-bound, under its flat part compute-bound; the gap is headroom.")
+               "scales; the larger the marker, the more FLOPs the size, and each variant's "
+               "fastest point carries its name. The grey line is the attainable ceiling, "
+               "min(peak matmul GFLOP/s, intensity x copy GB/s), from this machine's "
+               "calibration: points under its slope are memory-bound, under its flat part "
+               "compute-bound; the gap is headroom.")
     return Drawn(fig, f"{layer.name}: roofline ({setting(data)})", caption)
 
 
@@ -193,7 +211,7 @@ def _ceiling(ax: Any, ceilings: dict[str, Any], device: str, dtype: str, meta: d
     ridge = peak / bandwidth  # FLOPs per byte where memory stops being the limit
     lo = min(float(intensity.min()) / 2, ridge / 4)
     hi = max(float(intensity.max()) * 2, ridge * 4)
-    xs = np.geomspace(lo, hi, 200)
+    xs = np.array([lo, ridge, hi])  # two straight segments on log-log axes
     ax.plot(xs, np.minimum(peak, xs * bandwidth), color="0.45", linewidth=1.6)
     ax.annotate(f"{key} peak {peak:,.0f} GFLOP/s", (hi, peak), ha="right", va="bottom",
                 fontsize="x-small", color="0.3")
@@ -210,13 +228,13 @@ def _correctness(layer: LayerData) -> Drawn | None:
     if errs.empty and not statuses:
         return None
     facets = facet_keys(errs)
-    fig, axes = grid(len(facets) + int(statuses))
-    for ax, facet in zip(axes[: len(facets), 0], facets, strict=True):
+    fig, axes = grid(len(facets) + int(statuses), extra_in=1.2)
+    for ax, facet in zip(axes, facets, strict=False):
         _errors(ax, subset(errs, FACET, facet), grad, layer.palette)
         facet_title(ax, facet)
     if statuses:
-        _status(axes[-1, 0], rows, layer.palette)
-    fig_legend(axes[: len(facets)])
+        _status(axes[-1], rows, layer.palette)
+    fig_legend(fig, axes[: len(facets)])
     caption = ("Relative error of the output (circles) and of the gradients (triangles) against "
                "the reference, one point per case, log scale; the dashed line is the dtype's rtol "
                "and red rings mark cases outside tolerance. Errors of exactly 0 are drawn at "
@@ -281,8 +299,8 @@ def _compile(layer: LayerData) -> Drawn | None:
     cases, pos = positions(layer.cases, compiled)
     data = data[data["case"].isin(pos)]
     facets = facet_keys(compiled)
-    fig, axes = grid(len(facets), 2, width=WIDTH_IN * 1.5, sharex=True)
-    for (left, right), facet in zip(axes, facets, strict=True):
+    fig, axes = grid(2 * len(facets), cols=2, extra_in=CASE_LABELS_IN)
+    for left, right, facet in zip(axes[0::2], axes[1::2], facets, strict=True):
         lines(left, subset(data, FACET, facet), "case", "median_ms", layer.palette, pos=pos)
         lines(right, subset(compiled, FACET, facet), "case", "compile_s", layer.palette,
               pos=pos)
@@ -290,9 +308,8 @@ def _compile(layer: LayerData) -> Drawn | None:
         right.set(yscale="log", ylabel="compile time (s)")
         facet_title(left, facet)
         facet_title(right, facet)
-    case_axis(axes[-1, 0], cases)
-    case_axis(axes[-1, 1], cases)
-    fig_legend(axes)
+    case_axis(axes, cases)
+    fig_legend(fig, axes)
     caption = ("Left: median time per call, eager (solid, circles) against torch.compile (other "
                "dashes and markers) per implementation and size; right: compile time, the first "
                "call's duration minus one call, in seconds. Compiling pays off once the time saved "
@@ -309,8 +326,8 @@ def _backward(layer: LayerData) -> Drawn | None:
     pairs = pairs.assign(ratio=pairs["median_ms_bwd"] / pairs["median_ms"])
     cases, pos = positions(layer.cases, pairs)
     facets = facet_keys(pairs, ("device", "dtype"))
-    fig, axes = grid(len(facets), sharex=True)
-    for ax, facet in zip(axes[:, 0], facets, strict=True):
+    fig, axes = grid(len(facets), extra_in=CASE_LABELS_IN)
+    for ax, facet in zip(axes, facets, strict=True):
         lines(ax, subset(pairs, ("device", "dtype"), facet), "case", "ratio", layer.palette,
               pos=pos)
         ax.axhline(3.0, color="0.2", linestyle=":", linewidth=1.2, label="3x (GEMM-like)")
@@ -319,8 +336,8 @@ def _backward(layer: LayerData) -> Drawn | None:
             ax.set_yscale("log")
         ax.set(ylabel="fwd+bwd time / fwd time")
         facet_title(ax, facet)
-    case_axis(axes[-1, 0], cases)
-    fig_legend(axes)
+    case_axis(axes, cases)
+    fig_legend(fig, axes)
     caption = ("Median time of forward + backward divided by forward alone, per size: the cost of "
                "the backward pass. A GEMM-like layer costs about 3x (one GEMM forward, two "
                "backward), the dotted line; far above it points at a slow or recomputing "

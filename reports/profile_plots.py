@@ -13,6 +13,7 @@ Drawn by ``reports.plots.render`` when the run has an ``ops.csv``; one case (``p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import pandas as pd
 
 from reports.analysis import OTHER_OPS, op_shares, self_time_column
 from reports.figures import (
+    CASE_LABELS_IN,
+    MAX_HEIGHT_IN,
     WIDTH_IN,
     Drawn,
     LayerData,
@@ -34,24 +37,30 @@ from reports.figures import (
     lines,
     positions,
     positive,
+    save,
     setting,
     subset,
     variant_pairs,
 )
-from reports.style import Palette, format_seconds, variant
+from reports.style import Palette, format_count, format_seconds, variant
 
 TOP_OPS = 7
 MAX_CASES = 4  # breakdown panels per figure
+BAR_IN = 0.26  # height of one bar of the breakdown
 OTHER_COLOR = "#c7c7c7"
+TOP_CASE_OPS = 12  # operators in a profiled case's breakdown
+LOG_SPAN = 100.0  # bar values spanning more than this factor get a log axis
+MIN_SHARE_LABEL = 0.08  # segments narrower than this carry no percentage
 
 
 def op_colors(ops: list[str]) -> dict[str, str]:
-    """One colour per operator of a figure; ``other`` grey."""
+    """One colour per operator of a figure, light (apart from the implementations' colours,
+    dark enough text reads on them); ``other`` grey."""
     import seaborn as sns
 
     named = [op for op in ops if op != OTHER_OPS]
-    palette = sns.color_palette("tab10", max(len(named), 1)).as_hex()
-    return {**dict(zip(named, palette, strict=False)), OTHER_OPS: OTHER_COLOR}
+    light = [c for i, c in enumerate(sns.color_palette("pastel", 10).as_hex()) if i != 7]
+    return {**dict(zip(named, light, strict=False)), OTHER_OPS: OTHER_COLOR}
 
 
 def _breakdown(layer: LayerData) -> Drawn | None:
@@ -60,37 +69,45 @@ def _breakdown(layer: LayerData) -> Drawn | None:
         return None
     shares = shares[shares["layer"] == layer.name]
     totals = shares.groupby(["device", "dtype", "mode", "case"], sort=False)
-    # the cases with the most implementations profiled, largest first
+    # the cases with the most implementations profiled, largest first, as many as fit
     coverage = totals.apply(lambda g: g[["impl", "compile"]].drop_duplicates().shape[0],
                             include_groups=False).rename("variants").reset_index()
     order = {c: i for i, c in enumerate(layer.cases)}
     coverage = coverage.assign(pos=coverage["case"].map(order).fillna(-1))
-    panels = coverage.sort_values(["variants", "pos"], ascending=False).head(MAX_CASES)
+    bars = int(coverage["variants"].max())
+    cols = 1 if len(coverage) == 1 else 2
+    panel_in = BAR_IN * bars + 0.9
+    rows = max(1, min(math.ceil(MAX_CASES / cols), int((MAX_HEIGHT_IN - 1.0) // panel_in)))
+    panels = coverage.sort_values(["variants", "pos"], ascending=False).head(rows * cols)
     panels = panels.sort_values("pos")
+    rows = math.ceil(len(panels) / cols)
     colors = op_colors(list(pd.unique(shares["op"])))
     where = ("device", "dtype", "mode", "case")
     keys = [tuple(panel[list(where)]) for _, panel in panels.iterrows()]
-    data = [subset(shares, where, key) for key in keys]
-    sizes = [max(len(d[["impl", "compile"]].drop_duplicates()), 1) for d in data]
     from matplotlib.figure import Figure as MplFigure
 
-    fig = MplFigure(figsize=(WIDTH_IN * 1.15, sum(0.42 * n + 0.9 for n in sizes) + 1.4),
+    fig = MplFigure(figsize=(2.2 + 4.4 * cols, min(rows * panel_in + 1.0, MAX_HEIGHT_IN)),
                     layout="constrained")
-    axes = fig.subplots(len(keys), 1, squeeze=False, height_ratios=[n + 1.5 for n in sizes])
-    for ax, key, panel_data in zip(axes[:, 0], keys, data, strict=True):
-        rows = subset(layer.rows, where, key)
-        calls = {(i, c): float(n) for i, c, n in zip(rows["impl"], rows["compile"],
-                                                      rows["op_calls"], strict=True)}
-        _stacked_bars(ax, panel_data, colors, calls, layer.palette)
-        facet_title(ax, key)
-    axes[-1, 0].set_xlabel("share of the self time of one call")
-    handles = legend_handles(axes)
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center",
-               ncol=min(len(handles), 4), frameon=False, fontsize="small")
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax in axes[len(keys):]:
+        ax.remove()
+    for i, (ax, key) in enumerate(zip(axes, keys, strict=False)):
+        rows_of = subset(layer.rows, where, key)
+        calls = {(i, c): float(n) for i, c, n in zip(rows_of["impl"], rows_of["compile"],
+                                                      rows_of["op_calls"], strict=True)}
+        _stacked_bars(ax, subset(shares, where, key), colors, calls, layer.palette)
+        ax.set_ylim(bars - 0.5, -0.5)  # the same bar height in every panel
+        if i + cols >= len(keys):  # the bottom panel of its column
+            ax.set_xlabel("share of the self time of one call")
+        ax.set_title(f"{key[-1]}\n{' · '.join(key[:-1])}", fontsize="small")
+    handles = legend_handles(axes[:len(keys)])
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper",
+               frameon=False, fontsize="small")
     unit = "GPU kernel" if self_time_column(layer.ops) == "self_device_us" else "CPU"
     caption = (f"Where one call's {unit} time goes: each bar splits an implementation's self "
                "time (time inside an operator, not in the operators it calls) over the "
-               f"operators that take most of it; the label gives the profiled time per call "
+               f"operators that take most of it, labelled with their share where it is "
+               f"{MIN_SHARE_LABEL:.0%} or more; beside each bar, the profiled time per call "
                "(under the profiler, so above the benchmark's median) and the operators "
                "launched per call. Many tiny operators (select, mul, add) mean per-call "
                "overhead dominates; one big GEMM or convolution means the work itself does.")
@@ -99,8 +116,9 @@ def _breakdown(layer: LayerData) -> Drawn | None:
 
 def _stacked_bars(ax: Any, data: pd.DataFrame, colors: dict[str, str],
                   calls: dict[tuple[str, str], float], impls: Palette) -> None:
-    """Horizontal 100% bars, one per variant, segments per operator in ``colors`` order;
-    labelled with the profiled time and the operators launched (``calls``) per call."""
+    """Horizontal 100% bars, one per variant, segments per operator in ``colors`` order
+    (labelled with their share where wide enough); the variant's name beside its bar with the
+    profiled time and the operators launched (``calls``) per call."""
     pairs = variant_pairs(data, impls)
     names = []
     for row, (impl, mode) in enumerate(pairs):
@@ -111,13 +129,15 @@ def _stacked_bars(ax: Any, data: pd.DataFrame, colors: dict[str, str],
             if share > 0:
                 ax.barh(row, share, left=left, color=colors[op], label=op, height=0.7,
                         edgecolor="white", linewidth=0.5)
+                if share >= MIN_SHARE_LABEL:
+                    ax.text(left + share / 2, row, f"{share:.0%}", ha="center", va="center",
+                            fontsize=6.5, color="0.15")
                 left += share
-        n = calls.get((impl, mode), float("nan"))
+        ops = format_count(calls.get((impl, mode), float("nan")), "op")
         names.append(f"{variant(impl, mode)}\n{format_seconds(float(mine['us'].sum()) / 1e6)}"
-                     + (f" · {n:,.0f} ops" if np.isfinite(n) else ""))
+                     + (f" · {ops}" if ops else ""))
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names, fontsize=7.5)
-    ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter(_percent())
 
@@ -136,8 +156,8 @@ def _per_size(layer: LayerData, column: str, ylabel: str, scale: float = 1.0,
     rows = rows.assign(**{column: rows[column] * scale})
     cases, pos = positions(layer.cases, rows)
     facets = facet_keys(rows)
-    fig, axes = grid(len(facets), sharex=True)
-    for ax, facet in zip(axes[:, 0], facets, strict=True):
+    fig, axes = grid(len(facets), extra_in=CASE_LABELS_IN)
+    for ax, facet in zip(axes, facets, strict=True):
         sub = subset(rows, ("device", "dtype", "mode"), facet)
         lines(ax, sub, "case", column, layer.palette, pos=pos)
         if reference is not None:
@@ -145,8 +165,8 @@ def _per_size(layer: LayerData, column: str, ylabel: str, scale: float = 1.0,
         ax.set_yscale("log")
         ax.set(ylabel=ylabel)
         facet_title(ax, facet)
-    case_axis(axes[-1, 0], cases)
-    fig_legend(axes)
+    case_axis(axes, cases)
+    fig_legend(fig, axes)
     return fig, rows
 
 
@@ -187,29 +207,19 @@ PROFILE_DRAWERS: dict[str, Callable[[LayerData], Drawn | None]] = {
 
 def case_figures(ops: pd.DataFrame, memory: list[tuple[float, float]], title: str,
                  out_dir: Path) -> list[Path]:
-    """One profiled case: ``breakdown.png`` (self time per operator) and ``memory.png``
-    (bytes held over one call); returns the paths written."""
+    """One profiled case: ``breakdown`` (self time per operator) and ``memory`` (bytes held
+    over one call), each .svg or .png (``reports.figures.save``); returns the paths written."""
     import seaborn as sns
     from matplotlib.figure import Figure as MplFigure
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.8):
-        column = self_time_column(ops)
-        top = ops.assign(us=pd.to_numeric(ops[column], errors="coerce").fillna(0.0))
-        top = top.sort_values("us", ascending=False).head(12)
-        fig = MplFigure(figsize=(WIDTH_IN, 0.3 * len(top) + 1.6), layout="constrained")
-        ax = fig.subplots()
-        ax.barh(range(len(top)), top["us"].to_numpy(float), color="#1f77b4")
-        ax.set_yticks(range(len(top)))
-        ax.set_yticklabels([f"{op}  (x{calls:.4g})" for op, calls
-                            in zip(top["op"], top["calls"], strict=True)], fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel(f"self time per call (us, {'GPU' if column == 'self_device_us' else 'CPU'})"
-                      "; x = calls per call")
+        fig = MplFigure(figsize=(WIDTH_IN, 0.3 * min(len(ops), TOP_CASE_OPS) + 1.6),
+                        layout="constrained")
+        _op_times(fig.subplots(), ops)
         fig.suptitle(f"{title}: where the time goes")
-        paths.append(out_dir / "breakdown.png")
-        fig.savefig(paths[-1], dpi=110)
+        paths.append(save(fig, out_dir / "breakdown"))
         if memory:
             fig = MplFigure(figsize=(WIDTH_IN, 3.2), layout="constrained")
             ax = fig.subplots()
@@ -217,6 +227,45 @@ def case_figures(ops: pd.DataFrame, memory: list[tuple[float, float]], title: st
             ax.step(t, held / 2**20, where="post", color="#d62728")
             ax.set(xlabel="ms into the call", ylabel="MiB held beyond the inputs")
             fig.suptitle(f"{title}: memory over one call (peak {held.max() / 2**20:.3g} MiB)")
-            paths.append(out_dir / "memory.png")
-            fig.savefig(paths[-1], dpi=110)
+            paths.append(save(fig, out_dir / "memory"))
     return paths
+
+
+def _op_times(ax: Any, ops: pd.DataFrame) -> None:
+    """The ``TOP_CASE_OPS`` operators of ``ops`` with the most self time, as bars in ms
+    labelled with their share of the case's self time; on a log axis where they span more
+    than ``LOG_SPAN``."""
+    column = self_time_column(ops)
+    ms = pd.to_numeric(ops[column], errors="coerce").fillna(0.0) / 1e3
+    total = float(ms.sum())
+    top = ops.assign(ms=ms)[ms > 0].sort_values("ms", ascending=False).head(TOP_CASE_OPS)
+    values = top["ms"].to_numpy(float)
+    if not len(values):
+        ax.text(0.5, 0.5, "no operator self time recorded", ha="center", transform=ax.transAxes)
+        return
+    ax.barh(range(len(top)), values, color="#1f77b4", height=0.7)
+    log = len(values) > 1 and values.max() / values.min() > LOG_SPAN
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(values.min() / 2, values.max() * 1.5)
+    else:
+        ax.set_xlim(0, max(values.max(), 1e-9) * 1.05)
+    for i, value in enumerate(values):
+        end = ax.transLimits.transform(ax.transScale.transform((value, i)))[0]
+        inside = end > 0.6  # a long bar: its label inside it, where the room is
+        ax.text(value * (0.95 if inside else 1.05) if log else value + values.max() * (
+                -0.01 if inside else 0.01), i, f"{value:.3g} ms · {_share_text(value / total)}",
+                va="center", ha="right" if inside else "left", fontsize=7.5,
+                color="white" if inside else "0.15")
+    ax.set_yticks(range(len(top)))
+    ax.set_yticklabels([f"{op}  ({format_count(calls, 'call')})" for op, calls
+                        in zip(top["op"], top["calls"], strict=True)], fontsize=8)
+    ax.invert_yaxis()
+    device = "GPU" if column == "self_device_us" else "CPU"
+    ax.set_xlabel(f"{device} self time per call (ms{', log scale' if log else ''}) · share of "
+                  "the case's total")
+
+
+def _share_text(share: float) -> str:
+    """``0.452`` -> ``45%``, ``0.0031`` -> ``0.31%``."""
+    return f"{share:.0%}" if share >= 0.1 else f"{share * 100:.2g}%"

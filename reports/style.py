@@ -1,28 +1,40 @@
 """One look for every figure and page: implementation colours, verdict colours, units.
 
-An implementation keeps its colour in every figure of a report (``palette``), and in every run
-of the same registry, so a reader who learnt that orange is im2col in the latency plot finds it
-orange in the roofline too.
+An implementation keeps its colour in every figure of a report (``palette``), and in every run,
+so a reader who learnt that violet is im2col in the latency plot finds it violet in the roofline
+too, and in last week's run, whatever ``--impl`` left out or ``--impl-file`` added.
 """
 
 from __future__ import annotations
 
 import colorsys
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from reports.schema import BASELINE_IMPL
 
 #: the baseline's colour, the same in every run
 BASELINE_COLOR = "#1f77b4"
-#: colours of the other implementations, in the run's implementation order (the registry's:
-#: layers in the notes' order, each in the order it registers its implementations), chosen to
-#: stay apart from each other and from the baseline's blue
-PALETTE = ("#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
-           "#17becf", "#7f7f7f", "#393b79", "#637939", "#843c39", "#7b4173", "#1b9e77",
-           "#e7ba52", "#6a3d9a", "#b15928", "#66a61e", "#fb9a99", "#80b1d3", "#1a1a1a",
-           "#ce6dbd", "#8c6d31")
+#: the colour of each built-in implementation, fixed by name (not by position, which a user's
+#: implementation or a new built-in would shift). The attention family (ten implementations and
+#: the builtin in one figure) takes tab10 and near-black, the most distinct eleven; the others
+#: are chosen apart from the rest of their layers. Every colour differs from every other.
+IMPL_COLORS = MappingProxyType({
+    BASELINE_IMPL: BASELINE_COLOR, "loops": "#d62728", "einsum": "#2ca02c",
+    "matmul": "#ff7f0e", "blockwise": "#9467bd", "sdpa_math": "#8c564b",
+    "sdpa_flash": "#e377c2", "sdpa_efficient": "#bcbd22", "sdpa_cudnn": "#17becf",
+    "flash": "#1a1a1a", "torch_layers": "#7f7f7f", "im2col": "#6a3d9a",
+    "im2col_chunked": "#e6ab02", "vectorized": "#66a61e", "fused": "#e7298a",
+    "unfold": "#1b9e77", "addmm": "#7b4173", "batched": "#a6761d"})
+#: colours of the implementations ``IMPL_COLORS`` does not name (a user's ``--impl-file``, a
+#: built-in added since): none of the built-ins' and each far from every layer's built-ins. A
+#: name takes the one its hash picks, so it keeps it from run to run; the next free one where
+#: another such name of the run took it first (in name order)
+EXTRA_COLORS = ("#637939", "#fb8072", "#9e9ac8", "#bf5b17", "#393b79", "#e7969c", "#6baed6",
+                "#ad494a")
 
 
 @dataclass(frozen=True)
@@ -42,21 +54,35 @@ class Palette:
 
 
 def palette(meta: dict[str, Any], impls: Iterable[str] = ()) -> Palette:
-    """The colours of a run: ``meta["impl_order"]`` (the registry's order, recorded by the
-    run), then any other implementation of ``impls`` in order of appearance. Distinct for every
-    implementation; the same for an implementation in every run of one registry."""
-    order = list(dict.fromkeys([*(meta.get("impl_order") or []), *impls]))
-    others = [i for i in order if i != BASELINE_IMPL]
-    colors = {impl: _nth_color(i) for i, impl in enumerate(others)}
-    return Palette(tuple(order), {**colors, BASELINE_IMPL: BASELINE_COLOR})
+    """The colours of a run, in legend order: ``meta["impl_order"]`` (the registry's order,
+    recorded by the run), then any other implementation of ``impls`` in order of appearance.
+    Built-ins take ``IMPL_COLORS``, every other name one of ``extra_colors``: distinct for
+    every implementation of the run, and the same for a name in every run."""
+    order = tuple(dict.fromkeys([*(meta.get("impl_order") or []), *impls]))
+    others = sorted(i for i in order if i not in IMPL_COLORS)
+    colors = dict(IMPL_COLORS)
+    pool = extra_colors(len(others))
+    free = [True] * len(pool)
+    for name in others:
+        slot = zlib.crc32(name.encode()) % len(EXTRA_COLORS)
+        while not free[slot]:
+            slot = (slot + 1) % len(pool)
+        free[slot] = False
+        colors[name] = pool[slot]
+    return Palette(order, colors)
 
 
-def _nth_color(i: int) -> str:
-    """``PALETTE[i]``; past its end, hues spaced by the golden ratio."""
-    if i < len(PALETTE):
-        return PALETTE[i]
-    r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.75)
-    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+def extra_colors(n: int) -> list[str]:
+    """``EXTRA_COLORS``, then (for more than eight names) hues spaced by the golden ratio."""
+    pool, taken, i = list(EXTRA_COLORS), {*EXTRA_COLORS, *IMPL_COLORS.values()}, 0
+    while len(pool) < n:
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.55 + 0.3 * (i % 2), 0.7)
+        color = f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+        if color not in taken:
+            pool.append(color)
+            taken.add(color)
+        i += 1
+    return pool
 
 
 VERDICT_COLORS = {"faster": "#2ca02c", "slower": "#d62728", "same": "#7f7f7f",
@@ -85,6 +111,16 @@ def format_seconds(seconds: float) -> str:
         if seconds < below:
             return f"{seconds / scale:.3g} {unit}"
     return f"{seconds / 3600:.3g} h"
+
+
+def format_count(n: float, unit: str) -> str:
+    """``1, "op"`` -> ``1 op``, ``12`` -> ``12 ops``, ``10398`` -> ``10.4k ops``; nan -> ''."""
+    if n != n:
+        return ""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{suffix} {unit}s"
+    return (f"{n:.3g}" if n < 100 else f"{n:.0f}") + f" {unit}" + ("" if n == 1 else "s")
 
 
 def speedup_text(speedup: float, lo: float = float("nan"), hi: float = float("nan")) -> str:

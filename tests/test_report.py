@@ -45,10 +45,11 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_report_files_exist_and_are_not_empty(report: Path) -> None:
     for name in ("report.html", "report.md"):
         assert (report / name).stat().st_size > 1000, name
-    pngs = {p.stem for p in (report / "plots").glob("*.png")}
-    assert {"conv_latency", "conv_speedup", "conv_roofline", "conv_correctness"} <= pngs
-    for png in (report / "plots").glob("*.png"):
-        assert png.read_bytes().startswith(b"\x89PNG")
+    plots = list((report / "plots").glob("*.*"))
+    assert {"conv_latency", "conv_speedup", "conv_roofline", "conv_correctness"} <= {
+        p.stem for p in plots}
+    for plot in plots:  # SVG, or PNG where a figure draws many points
+        assert plot.read_bytes().startswith({".png": b"\x89PNG", ".svg": b"<?xml"}[plot.suffix])
 
 
 def test_html_stands_alone_and_shows_the_run(report: Path) -> None:
@@ -58,7 +59,8 @@ def test_html_stands_alone_and_shows_the_run(report: Path) -> None:
                  "Failures and skips", "RuntimeError: shapes do not match",
                  "predicted 9 min &gt; budget", "Every case"):
         assert text in html, text
-    assert html.count("data:image/png;base64,") == len(list((report / "plots").glob("*.png")))
+    assert html.count("data:image/png;base64,") + html.count("data:image/svg+xml;base64,") \
+        == len(list((report / "plots").glob("*.*")))
 
 
 def test_markdown_is_concise_and_links_resolve(report: Path) -> None:

@@ -73,7 +73,7 @@ def test_report_command_builds_the_report(jobs: dict[str, Done]) -> None:
     run = Path(proc.stdout.splitlines()[0]).parent
     assert_self_contained((run / "report.html").read_text(encoding="utf-8"))
     assert (run / "report.md").stat().st_size > 0
-    assert list((run / "plots").glob("conv_*.png"))
+    assert list((run / "plots").glob("conv_*.svg")) or list((run / "plots").glob("conv_*.png"))
 
 
 def test_a_run_against_an_equivalent_run_passes(jobs: dict[str, Done]) -> None:
