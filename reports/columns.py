@@ -144,9 +144,10 @@ def interval_text(lo: Any, hi: Any, kind: str) -> str:
 
 
 def column_text(frame: pd.DataFrame, col: Col) -> list[str]:
-    """Every cell of ``col`` in ``frame`` as text, intervals included."""
+    """Every cell of ``col`` in ``frame`` as text, intervals included where ``frame`` has
+    them."""
     values = [cell_text(v, col.kind) for v in frame[col.key]]
-    if col.interval is not None:
+    if col.interval is not None and set(col.interval) <= set(frame.columns):
         lo, hi = col.interval
         values = [v + interval_text(a, b, col.kind) if v else v
                   for v, a, b in zip(values, frame[lo], frame[hi], strict=True)]

@@ -23,6 +23,8 @@ from rich.progress import (
 from rich.table import Table
 
 from reports.analysis import MARK_LEGEND, best_per_size, mark, marks
+from reports.columns import count, plain, size_bytes
+from reports.profile_page import time_unit
 from reports.record import Case, CaseResult
 from reports.style import format_seconds, speedup_text, variant, variants
 
@@ -203,21 +205,27 @@ def impl_table(rows: Iterable[dict[str, Any]]) -> Table:
 
 
 def ops_table(ops: pd.DataFrame, top: int, title: str) -> Table:
-    """``profile``: the top operators by self time, with their share and calls per call."""
+    """``profile``: the top operators by self time, with their share, calls and self memory per
+    call; times in one unit chosen by magnitude (us, ms or s), never in scientific notation."""
     device_time = ops["self_device_us"].sum() > 0
     total = ops["self_cpu_us"].sum()
+    largest = ops[["cpu_total_us", "device_total_us"]].fillna(0.0).to_numpy(float).max(initial=0.0)
+    unit, scale = time_unit(float(largest))
     heading = f"{title}: top operators by self time (per call)"
     # a table narrower than its title wraps the title: a table of short operator names did
     table = Table(title=heading, title_justify="left", min_width=len(heading))
-    columns = ["operator", "calls", "self CPU us", "%", "CPU total us"]
-    columns += ["self device us", "device total us"] if device_time else []
+    columns = ["operator", "calls", f"self CPU {unit}", "%", f"CPU total {unit}"]
+    columns += [f"self device {unit}", f"device total {unit}"] if device_time else []
+    memory = "self_cpu_mem_bytes" in ops.columns
+    columns += ["self memory"] if memory else []
     for column in columns:
         table.add_column(column, justify="left" if column == "operator" else "right")
     for _, r in ops.head(top).iterrows():
-        cells = [r["op"], f"{r['calls']:.4g}", f"{r['self_cpu_us']:.4g}",
+        cells = [r["op"], count(r["calls"]), plain(r["self_cpu_us"] / scale),
                  f"{100 * r['self_cpu_us'] / total:.1f}" if total > 0 else "",
-                 f"{r['cpu_total_us']:.4g}"]
-        cells += [f"{r['self_device_us']:.4g}", f"{r['device_total_us']:.4g}"] if device_time \
-            else []
+                 plain(r["cpu_total_us"] / scale)]
+        cells += [plain(r["self_device_us"] / scale),
+                  plain(r["device_total_us"] / scale)] if device_time else []
+        cells += [size_bytes(r["self_cpu_mem_bytes"])] if memory else []
         table.add_row(*cells)
     return table

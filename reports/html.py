@@ -45,6 +45,7 @@ dl.meta dt { font-weight: 600; } dl.meta dd { margin: 0; font-family: ui-monospa
   overflow-wrap: anywhere; }
 .scroll { overflow: auto; max-height: 75vh; max-width: 100%; border: 1px solid #eee; }
 .scroll table { margin: 0; }
+.fit { overflow-x: auto; max-width: 100%; } .fit table { margin: .6em 0 1.2em; }
 table.wide td:first-child, table.wide th:first-child { position: sticky; left: 0; }
 table.wide th:first-child { z-index: 2; }
 div.filter { margin: .6em 0 .3em; } input.filter { width: 28em; padding: 3px 6px; }
@@ -148,7 +149,8 @@ def table(frame: pd.DataFrame, columns: Sequence[Col] | None = None, *, scroll: 
     (reasons, flags) stays on one line, whole on hover or click. ``row_notes``: a text per row;
     a row with one is highlighted and shows it on hover (a case's flags). ``links``: HTML per
     row, a last column ``see``. ``scroll``: the table scrolls inside its own box, its first
-    column and header kept in view.
+    column and header kept in view; any table wider than the page scrolls sideways in its own
+    box, never the page.
     """
     cols = list(columns) if columns is not None else columns_auto(frame)
     texts = [column_text(frame, c) for c in cols]
@@ -170,8 +172,7 @@ def table(frame: pd.DataFrame, columns: Sequence[Col] | None = None, *, scroll: 
     ident = f' id="{esc(table_id)}"' if table_id else ""
     out = (f'<table{ident} class="{classes}"><thead><tr>{head}</tr></thead>'
            f"<tbody>{''.join(body)}</tbody></table>")
-    if scroll:
-        out = f'<div class="scroll">{out}</div>'
+    out = f'<div class="{"scroll" if scroll else "fit"}">{out}</div>'  # wide: scrolls in place
     if filterable and table_id:
         out = (f'<div class="filter"><input type="search" class="filter" '
                f'data-table="{esc(table_id)}" placeholder="filter rows: words that must all '

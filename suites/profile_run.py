@@ -17,8 +17,10 @@ import pandas as pd
 import torch
 
 from impls import DTYPE_NAMES, MODES, REGISTRY
+from reports.columns import size_bytes, time_ms
 from reports.console import console, ops_table, say
 from reports.outcome import EXIT_FAILED, EXIT_OK, UsageError
+from reports.profile_page import case_page, per_call_text
 from reports.record import Case
 from reports.schema import KEY_COLUMNS, OPS_COLUMNS, CsvAppender, write_json
 from reports.style import format_seconds
@@ -29,7 +31,13 @@ from suites.compilation import COMPILE_MODES, use_project_cache
 from suites.config import BenchConfig, ProfileOptions
 from suites.environment import machine_info
 from suites.presets import notes_size
-from suites.profiling import NAIVE_SETTINGS, CaseProfile, ProfileSettings, trace_name
+from suites.profiling import (
+    NAIVE_SETTINGS,
+    CaseProfile,
+    ProfileSettings,
+    quietly,
+    trace_name,
+)
 from suites.runner import prepared, profile_one
 from suites.session import (
     choose,
@@ -133,16 +141,16 @@ def affordable(case: Case, config: BenchConfig, settings: ProfileSettings,
 def _events_per_call(case: Case, seed: int) -> int:
     """Operator events the profiler records in one call of ``case`` (a small one)."""
     step = prepared(case, seed)
-    with torch.set_grad_enabled(case.mode != "fwd"), torch.profiler.profile() as prof:
+    prof = torch.profiler.profile()
+    with torch.set_grad_enabled(case.mode != "fwd"), quietly(prof):
         step()
     return len(prof.events())
 
 
 def _write(run_dir: Path, case: Case, result: CaseProfile, config: BenchConfig,
            settings: ProfileSettings, top: int) -> None:
-    """ops.csv, meta.json, figures and the printed summary of a ``profile`` run."""
-    from reports.profile_plots import case_figures
-
+    """ops.csv, meta.json, the page's files, figures and page, and the printed summary of a
+    ``profile`` run."""
     appender = CsvAppender(run_dir / "ops.csv", OPS_COLUMNS)
     appender.append(result.ops)
     appender.close()
@@ -150,21 +158,26 @@ def _write(run_dir: Path, case: Case, result: CaseProfile, config: BenchConfig,
         "command": sys.argv, "config": dataclasses.asdict(config),
         "profile": dataclasses.asdict(settings),
         "case": dict(zip(KEY_COLUMNS, case.key, strict=True)), "op_calls": result.op_calls,
-        "peak_mem_bytes": result.peak_mem_bytes, "machine": machine_info([case.device])})
+        "peak_mem_bytes": result.peak_mem_bytes, "step_ms": result.step_ms,
+        "machine": machine_info([case.device])})
+    result.write(run_dir)
     ops = pd.DataFrame(result.ops, columns=list(OPS_COLUMNS))
-    title = f"{case.layer}/{case.impl} {case.label}"
-    figures = case_figures(ops, result.memory, title, run_dir)
-    out = console()
-    out.print(ops_table(ops, top, title))
-    self_ms = ops["self_cpu_us"].sum() / 1e3
     tb = run_dir / "tb"
-    for line in (f"per call: {result.op_calls:,.0f} operators launched, {self_ms:.4g} ms of CPU "
-                 f"self time under the profiler, peak memory "
-                 f"{result.peak_mem_bytes / 2**20:.4g} MiB beyond the inputs",
+    page = case_page(run_dir, ops, run_dir / "profile.html", tensorboard_dir=tb)
+    figures = sorted(p for p in run_dir.iterdir() if p.suffix in (".png", ".svg"))
+    console().print(ops_table(ops, top, f"{case.layer}/{case.impl} {case.label}"))
+    steps = len(result.step_ms)
+    for line in (per_call_text(result.step_ms),
+                 f"  per call (mean of {steps} active step{'s' if steps != 1 else ''}): "
+                 f"{result.op_calls:,.0f} operators launched, "
+                 f"{time_ms(ops['self_cpu_us'].sum() / 1e3)} of CPU self time, peak memory "
+                 f"{size_bytes(result.peak_mem_bytes)} beyond the inputs",
+                 f"page: {page}  (works offline: open it in a browser)",
                  f"ops.csv: {run_dir / 'ops.csv'}",
-                 f"figures: {', '.join(str(p) for p in figures)}",
+                 f"figures: {', '.join(map(str, figures))}",
                  f"TensorBoard: tensorboard --logdir {tb}  (PyTorch Profiler tab; needs "
-                 "torch-tb-profiler)",
-                 f"Perfetto: open {run_dir / 'trace.json'} at https://ui.perfetto.dev "
-                 "(or chrome://tracing)"):
+                 "torch-tb-profiler, and internet access: its views load their chart library "
+                 "online)",
+                 f"Perfetto: open {run_dir / 'trace.json'} at https://ui.perfetto.dev (needs "
+                 "internet access: the UI loads online), or chrome://tracing"):
         say(line)

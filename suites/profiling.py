@@ -13,27 +13,48 @@ memory recorded (and Python stacks on request). What comes out, per case:
   the five-loop conv launches hundreds of thousands, ``F.conv2d`` one);
 - ``peak_mem_bytes``: the most memory the call held at once beyond what existed before it
   (the running sum of the profiler's allocation events on the case's device), and the
-  allocation timeline of one call.
+  allocation timeline of one call;
+- ``step_ms``: the wall time of each recorded call (its ``ProfilerStep`` span), and the spans of
+  the first one (``reports.timeline``): what the case's offline page
+  (``reports.profile_page``) draws, saved next to the trace by ``CaseProfile.write``.
+
+Kineto, the profiler's C++ core, writes a ``USDT:... profiler_start`` and a ``profiler_stop``
+line to stderr (fd 2, past Python) every time it starts and stops, whatever ``logging`` says:
+into a progress bar, once per case. ``quietly`` sends fd 2 to a file while the profiler starts,
+steps and stops, then writes everything it caught except those lines to the real stderr; the
+implementation's own calls run with stderr untouched.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
 import shutil
 import socket
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import pandas as pd
 from torch.autograd import DeviceType
 from torch.profiler import profile, schedule
 
 from reports import schema
+from reports.profile_page import write_case_files
 from reports.record import Case
+from reports.timeline import SPAN_COLUMNS, STEP_PREFIX, first_step, step_ms
 from suites.devices import device
 
-STEP_PREFIX = "ProfilerStep"
+#: kineto's trace markers: ``USDT:2026-12-07 22:02:51 18892:18892 SyncActivityProfilerHandler
+#: .cpp:52] profiler_start`` (its severity 5 passes the default level, ERROR = 4; the
+#: KINETO_LOG_LEVEL=6 that would hide them hides kineto's errors too)
+KINETO_MARKER = re.compile(rb"^USDT:[^\n]*\] [^\n]*(\n|$)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,17 @@ class CaseProfile:
     op_calls: float
     peak_mem_bytes: float
     memory: list[tuple[float, float]] = field(repr=False)  # (ms into the call, bytes held)
+    step_ms: list[float] = field(default_factory=list)  # wall time of each recorded call
+    spans: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(SPAN_COLUMNS)),
+                                repr=False)  # the first recorded call's operators
+    settings: ProfileSettings = ProfileSettings()
+
+    def write(self, case_dir: Path) -> None:
+        """Save what the case's page needs besides the trace and ops.csv into ``case_dir``."""
+        plan = {k: v for k, v in dataclasses.asdict(self.settings).items() if k != "with_stack"}
+        write_case_files(case_dir, self.step_ms, self.memory, self.spans,
+                         {"op_calls": self.op_calls, "peak_mem_bytes": self.peak_mem_bytes,
+                          "schedule": plan})
 
 
 def trace_name(case: Case) -> str:
@@ -100,14 +132,15 @@ def profile_case(step: Callable[[], Any], case: Case, profiled_label: str, trace
         prof.export_chrome_trace(str(path))
         written.append(path)
 
-    with profile(activities=where.profiler_activities(),
-                 schedule=schedule(wait=settings.wait, warmup=settings.warmup,
-                                   active=settings.active, repeat=1),
-                 on_trace_ready=save, record_shapes=True, profile_memory=True,
-                 with_stack=settings.with_stack) as prof:
+    prof = profile(activities=where.profiler_activities(),
+                   schedule=schedule(wait=settings.wait, warmup=settings.warmup,
+                                     active=settings.active, repeat=1),
+                   on_trace_ready=save, record_shapes=True, profile_memory=True,
+                   with_stack=settings.with_stack)
+    with quietly(prof) as next_step:
         for _ in range(settings.calls):
             step()
-            prof.step()
+            next_step()
     if written and chrome_trace is not None:
         chrome_trace.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(written[0], chrome_trace)
@@ -123,9 +156,65 @@ def profile_case(step: Callable[[], Any], case: Case, profiled_label: str, trace
             "self_cpu_mem_bytes": e.self_cpu_memory_usage / steps} for e in averages]
     top_level = sum(1 for e in prof.events()
                     if e.cpu_parent is not None and e.cpu_parent.name.startswith(STEP_PREFIX))
-    peak, timeline = memory_use(prof, where.memory_event_type())
+    events = list(prof.profiler.kineto_results.events())
+    peak, timeline = _memory_use(events, device_type=where.memory_event_type())
+    spans = _spans(events)
     return CaseProfile(ops=ops, op_calls=top_level / steps, peak_mem_bytes=peak,
-                       memory=timeline)
+                       memory=timeline, step_ms=step_ms(spans), spans=first_step(spans),
+                       settings=settings)
+
+
+@contextmanager
+def quietly(prof: profile) -> Iterator[Callable[[], None]]:
+    """``prof`` started, and stopped on leaving; yields its ``step``. Kineto's markers never
+    reach stderr (see the module docstring); every other line does."""
+    with tempfile.TemporaryFile() as spool:
+        _filtered(spool, prof.__enter__)
+        try:
+            yield lambda: _filtered(spool, prof.step)
+        finally:
+            _filtered(spool, prof.__exit__, None, None, None)
+
+
+def _filtered(spool: BinaryIO, call: Callable[..., Any], *args: Any) -> None:
+    """``call(*args)`` with fd 2 sent to ``spool``; then what it caught, less kineto's
+    markers, to the real fd 2."""
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to keep clean
+        call(*args)
+        return
+    os.dup2(spool.fileno(), 2)
+    try:
+        call(*args)
+    finally:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        fd = spool.fileno()
+        if size := os.lseek(fd, 0, os.SEEK_CUR):
+            kept = KINETO_MARKER.sub(b"", os.pread(fd, size, 0))
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            while kept:
+                kept = kept[os.write(2, kept):]
+
+
+def _spans(events: list[Any]) -> pd.DataFrame:
+    """Every event with a duration (``reports.timeline.SPAN_COLUMNS``): CPU operators on their
+    thread's track, kernels and copies on their device stream's."""
+    origin = min((e.start_ns() for e in events), default=0)  # keeps float us exact to the ns
+    rows = []
+    for e in events:
+        if (duration := e.duration_ns()) > 0:
+            on_cpu = e.device_type() == DeviceType.CPU
+            track = (f"cpu:{e.start_thread_id()}" if on_cpu else
+                     f"{e.device_type().name.lower()}{e.device_index()}:{e.device_resource_id()}")
+            rows.append((e.name(), track, (e.start_ns() - origin) / 1e3, duration / 1e3))
+    return pd.DataFrame(rows, columns=list(SPAN_COLUMNS))
 
 
 def memory_use(prof: Any, device_type: DeviceType) -> tuple[float, list[tuple[float, float]]]:
@@ -136,7 +225,11 @@ def memory_use(prof: Any, device_type: DeviceType) -> tuple[float, list[tuple[fl
     allocation (positive bytes) or free (negative) on a device; their running sum inside a
     ``ProfilerStep`` is what the call holds on top of what existed before it.
     """
-    events = list(prof.profiler.kineto_results.events())
+    return _memory_use(list(prof.profiler.kineto_results.events()), device_type)
+
+
+def _memory_use(events: list[Any],
+                device_type: DeviceType) -> tuple[float, list[tuple[float, float]]]:
     steps = sorted((e.start_ns(), e.start_ns() + e.duration_ns()) for e in events
                    if e.name().startswith(STEP_PREFIX))
     allocations = sorted((e.start_ns(), e.nbytes()) for e in events

@@ -27,6 +27,7 @@ import torch
 
 from impls.registry import DTYPE_NAMES, REGISTRY, Unsupported
 from reports.plausibility import INSTABILITY_TAGS
+from reports.profile_page import TRACE_FILE
 from reports.record import Case, CaseResult, Samples
 from reports.schema import TIMED
 from suites.budget import predict
@@ -236,10 +237,12 @@ def _finish(result: CaseResult, prepared_case: _Prepared, group_id: int,
 
 
 def _profile(result: CaseResult, seed: int, profile_root: Path) -> None:
-    case, name = result.case, trace_name(result.case)
+    """``result``'s case under the profiler: its traces and page files into
+    ``profile_root/<trace_name>/``, its operators and calls into ``result``."""
+    case, case_dir = result.case, profile_root / trace_name(result.case)
     try:
-        found = profile_one(case, seed, profile_root / name,
-                            chrome_trace=profile_root / name / "trace.json")
+        found = profile_one(case, seed, case_dir, chrome_trace=case_dir / TRACE_FILE)
+        found.write(case_dir)
     except CaseLost:
         raise
     except Exception as exc:  # a profiler failure must not lose the timing row

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from reports.compare import compare_runs
@@ -28,7 +30,8 @@ CHROMIUM = os.environ.get("LAYERBENCH_CHROMIUM") or next(
 
 def _cases(slow: float = 1.0) -> list[FakeCase]:
     cases = []
-    for seed, (case, n) in enumerate({"N1": 1, "N8": 8, "N64": 64, "N512": 512}.items()):
+    sizes = {"N1": 1, "N8": 8, "N64": 64, "N16_Cin64_Cout128_H56_W56_k3_s2_p1": 512}
+    for seed, (case, n) in enumerate(sizes.items()):
         common = {"case": case, "flops": 10**6 * n, "params": {"N": n}}
         cases += [FakeCase("builtin", seconds=noisy(1e-5 * n, seed=seed), **common),
                   FakeCase("im2col", seconds=noisy(3e-5 * n * slow, seed=seed), **common),
@@ -38,10 +41,26 @@ def _cases(slow: float = 1.0) -> list[FakeCase]:
     return cases
 
 
+def _unsteady(run: Path) -> Path:
+    """Intervals on every timed row, einsum's marked unstable with a long flag (as a busy
+    machine leaves them): the widest tables a report has."""
+    path = run / "results.csv"
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    timed = frame["median_ms"] > 0
+    frame.loc[timed, "ci_lo_ms"] = frame.loc[timed, "median_ms"] * 0.97
+    frame.loc[timed, "ci_hi_ms"] = frame.loc[timed, "median_ms"] * 1.04
+    frame.loc[timed, "stable"] = (frame.loc[timed, "impl"] != "einsum").astype(int)
+    frame["flags"] = np.where(timed & (frame["impl"] == "einsum"),
+                              "imprecise: median and speedup known to +-10.2%, target +-2.0% "
+                              "(n=105); interference: other processes used 1.0 of 2 cores", "")
+    frame.to_csv(path, index=False)
+    return run
+
+
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("browser")
-    a, b = fake_run(root / "a", _cases()), fake_run(root / "b", _cases(slow=1.5))
+    a, b = _unsteady(fake_run(root / "a", _cases())), fake_run(root / "b", _cases(slow=1.5))
     build_report(a)
     write_comparison(compare_runs([a, b]), root / "cmp")
     return {"report": a / "report.html", "compare": root / "cmp" / "compare.html"}
@@ -96,6 +115,8 @@ def test_the_page_loads_offline_fits_the_window_and_shows_its_figures(
         pages: dict[str, Path], opened: Any, name: str) -> None:
     page = opened(pages[name])
     assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
+    # nothing sticks out of the page's column: wide tables scroll inside their own box
+    assert page.evaluate("document.body.scrollWidth <= document.body.clientWidth")
     widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
     assert widths and min(widths) > 0
     box = page.locator("#cases").locator("xpath=..")  # the wide table scrolls in its own box
@@ -127,7 +148,7 @@ def test_a_header_click_sorts_by_number_with_empty_cells_last(pages: dict[str, P
 def test_the_filter_keeps_rows_with_every_word(pages: dict[str, Path], opened: Any) -> None:
     page = opened(pages["report"])
     box = page.locator('input.filter[data-table="cases"]')
-    box.fill("im2col N8")
+    box.fill("im2col n8")
     assert page.locator("#cases tbody tr:not([hidden])").count() == 1
     box.fill("-skipped")
     assert page.locator("#cases tbody tr:not([hidden])").count() == 12

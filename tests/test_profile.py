@@ -9,6 +9,8 @@ traces a run writes.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,10 +24,20 @@ import pytest
 import torch
 
 from reports.analysis import OTHER_OPS, op_shares, profile_table
-from reports.schema import OPS_COLUMNS, load_ops, load_run
+from reports.profile_page import MEMORY_FILE, PAGE_FILE, SPANS_FILE, STEPS_FILE, write_run_pages
+from reports.schema import OPS_COLUMNS, PROFILE_DIR, load_ops, load_run, trace_name
 from suites import profile_run
 from suites.profiling import ProfileSettings, memory_use
-from tests._cli import Done, describe, invoke, invoke_all, one_line_error, read_csv
+from tests._cli import (
+    Done,
+    Outcome,
+    describe,
+    invoke,
+    invoke_all,
+    one_line_error,
+    read_csv,
+    run_cli,
+)
 
 N, C_IN, C_OUT, H, W, K = 2, 1, 4, 8, 8, 3
 TINY = f"N={N},C_in={C_IN},C_out={C_OUT},H={H},W={W},k={K},stride=1,padding=0"
@@ -50,6 +62,15 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Done]:
     return invoke_all(tmp_path_factory.mktemp("profile"), commands)
 
 
+@pytest.fixture(scope="module")
+def as_a_user(tmp_path_factory: pytest.TempPathFactory) -> Done:
+    """``python cli.py profile`` in a process of its own: its stderr as the terminal sees it
+    (kineto writes to fd 2, past Python's ``sys.stderr``)."""
+    out = tmp_path_factory.mktemp("profile-cli")
+    proc = run_cli("profile", "conv", "--impl", "im2col", "--size", TINY, "--out", out)
+    return Done(Outcome(proc.returncode, proc.stdout, proc.stderr), out)
+
+
 def _meta(jobs: dict[str, Done], name: str) -> dict:
     proc = jobs[name].proc
     assert proc.returncode == 0, describe(proc)
@@ -72,8 +93,10 @@ def test_profile_writes_traces_ops_and_figures(jobs: dict[str, Done]) -> None:
     by_op = {r["op"]: r for r in rows}
     assert float(by_op["aten::im2col"]["calls"]) == 1.0  # per call of the case, not in all
     assert all(r["case"] == r["profiled_case"] for r in rows)
-    for figure in ("breakdown.png", "memory.png"):
-        assert (run_dir / figure).read_bytes().startswith(PNG)
+    for figure in ("breakdown", "memory"):
+        (path,) = (p for p in run_dir.iterdir()
+                   if p.stem == figure and p.suffix in (".png", ".svg"))
+        assert path.read_bytes().startswith(PNG if path.suffix == ".png" else b"<?xml")
 
 
 def test_profile_peak_memory_holds_the_column_matrix(jobs: dict[str, Done]) -> None:
@@ -102,11 +125,81 @@ def test_bench_profile_fills_columns_and_draws_the_figures(jobs: dict[str, Done]
     ops = load_ops(run_dir)
     assert set(ops["impl"]) == {"builtin", "loops", "im2col"}
     for kind in ("ops", "op_calls", "memory"):
-        assert (run_dir / "plots" / f"conv_{kind}.png").read_bytes().startswith(PNG)
+        (path,) = (run_dir / "plots").glob(f"conv_{kind}.*")
+        assert path.read_bytes().startswith(PNG if path.suffix == ".png" else b"<?xml")
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     assert "Where the time goes" in html and "conv: where the time goes" in html
     # the timing pass is untouched by profiling: one timed row per case, samples present
     assert (results["n_samples"] > 0).all()
+
+
+ONLINE = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", re.IGNORECASE)
+
+
+def _page_is_offline(page: str) -> None:
+    assert (page.startswith("<!DOCTYPE html>") and "aten::im2col" in page) or "aten::" in page
+    assert not ONLINE.search(page), ONLINE.search(page)
+    assert "<link" not in page and "@import" not in page
+    assert "<script src" not in page
+
+
+def test_profile_writes_an_offline_page_and_no_kineto_lines(as_a_user: Done) -> None:
+    proc, run_dir = as_a_user.proc, as_a_user.run_dir
+    assert proc.returncode == 0, describe(proc)
+    assert "USDT" not in proc.stderr and "profiler_start" not in proc.stderr, proc.stderr
+    page = (run_dir / "profile.html").read_text(encoding="utf-8")
+    _page_is_offline(page)
+    assert "<h2>Operators</h2>" in page and ">aten::im2col<" in page  # the operator table
+    assert "<h2>Timeline of one call</h2>" in page
+    assert page.count('src="data:image/') >= 3  # breakdown, memory, timeline, embedded
+    assert "need internet access" in page
+    lines = proc.stdout.splitlines()
+    outputs = [line.split(":")[0] for line in lines
+               if line.split(":")[0] in ("page", "ops.csv", "figures", "TensorBoard", "Perfetto")]
+    assert outputs[0] == "page" and f"page: {run_dir / 'profile.html'}" in proc.stdout
+    assert "needs torch-tb-profiler, and internet access" in proc.stdout
+    meta = json.loads((run_dir / "meta.json").read_text(encoding="utf-8"))
+    assert len(meta["step_ms"]) == 3 and all(t > 0 for t in meta["step_ms"])
+    per_call = next(line for line in lines if line.startswith("per call: median"))
+    assert re.fullmatch(r"per call: median [\d.]+ (us|ms|s) over 3 active steps "
+                        r"\([\d.]+-[\d.]+ (us|ms|s)(; steps differ by [\d.]+x: look at the "
+                        r"timeline)?\)", per_call), per_call
+    assert "e+0" not in proc.stdout and "e-0" not in proc.stdout  # no scientific notation
+
+
+def test_bench_profile_gets_a_page_per_case(jobs: dict[str, Done]) -> None:
+    run_dir = jobs["bench"].run_dir
+    pages = write_run_pages(run_dir)
+    results, _ = load_run(run_dir)
+    keys = {tuple(r) for r in results[["layer", "impl", "compile", "device", "dtype", "mode",
+                                       "case"]].itertuples(index=False)}
+    assert set(pages) == keys
+    for key, path in pages.items():
+        assert path == run_dir / PROFILE_DIR / trace_name(key) / PAGE_FILE
+        page = path.read_text(encoding="utf-8")
+        _page_is_offline(page)
+        assert "Timeline of one call" in page and "Memory over one call" in page
+        for name in (STEPS_FILE, MEMORY_FILE, SPANS_FILE):
+            assert (path.parent / name).exists()
+    loops = json.loads((pages[next(k for k in pages if k[1] == "loops")].parent
+                        / STEPS_FILE).read_text(encoding="utf-8"))
+    assert len(loops["step_ms"]) == 1 and loops["op_calls"] >= N * C_OUT * H_OUT * W_OUT
+
+
+def test_an_older_run_without_the_page_files_still_gets_pages(jobs: dict[str, Done],
+                                                              tmp_path: Path) -> None:
+    """A run profiled before memory.csv, steps.json and timeline.csv existed: times and the
+    timeline come from trace.json, and the page says why it has no memory figure."""
+    run_dir = shutil.copytree(jobs["bench"].run_dir, tmp_path / "run")
+    for name in (STEPS_FILE, MEMORY_FILE, SPANS_FILE):
+        for path in (run_dir / PROFILE_DIR).glob(f"*/{name}"):
+            path.unlink()
+    pages = write_run_pages(run_dir)
+    assert len(pages) == 3
+    for path in pages.values():
+        page = path.read_text(encoding="utf-8")
+        assert "No memory timeline" in page and "Memory over one call" not in page
+        assert "Timeline of one call" in page and "per call: " in page
 
 
 @pytest.mark.parametrize("name", ["unknown-impl", "over-budget", "bad-schedule", "bad-size"])
