@@ -254,7 +254,7 @@ class Registry:
 
     def impl_order(self) -> list[str]:
         """Every implementation name once, in the order the layers register them: the order of
-        legends, and what gives each implementation its colour in the reports."""
+        the reports' legends (colours go by name: ``reports.style``)."""
         return list(dict.fromkeys(i.name for layer in self.layers() for i in self.impls(
             layer.name)))
 

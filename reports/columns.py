@@ -115,9 +115,14 @@ def mib(value: float) -> str:
     return size_bytes(value * 2**20)
 
 
+def cores(value: float) -> str:
+    """Cores busy with other work: ``0.1 cores``, ``1 core``."""
+    return f"{plain(value, 2)} core{'' if rounded(value, 2) == 1 else 's'}"
+
+
 FORMATS: dict[str, Callable[[float], str]] = {
     "ms": time_ms, "s": seconds, "x": speedup, "pct": percent, "err": error, "int": count,
-    "num": plain, "bytes": size_bytes, "mib": mib,
+    "num": plain, "bytes": size_bytes, "mib": mib, "cores": cores,
 }
 
 
@@ -197,7 +202,7 @@ RESULTS = {c.key: c for c in (
     Col("peak_mem_bytes", "peak memory", "bytes", "most memory one call holds (profiled)"),
     Col("op_calls", "operators per call", "int", "operators launched per call (profiled)"),
     Col("precision", "known to +-", "pct", "half-width of the 95% interval reached"),
-    Col("busy_cores", "other load", "num", "cores other processes used while it ran"),
+    Col("busy_cores", "other load", "cores", "cores other processes used while it ran"),
     Col("flags", "flags"),
     Col("flops", "FLOPs per call", "int"), Col("bytes", "bytes per call", "bytes"),
 )}

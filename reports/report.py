@@ -37,7 +37,7 @@ from reports.summary import (
 )
 from reports.verdict import verdicts
 
-__all__ = ["build_report", "report", "status_counts", "variant_summary"]
+__all__ = ["build_report", "contents", "report", "status_counts", "variant_summary"]
 
 EVERY_CASE = results_columns(
     ["variant", "case", "layer", "setting", "status", "median_ms",
@@ -114,8 +114,14 @@ def report(run_dir: Path) -> int:
         raise UsageError(f"{run_dir}: cannot write the report ({exc.strerror or exc})") from None
     for path in paths[:2]:
         say(str(path))
-    say(f"{sum(p.parent == run_dir / 'plots' for p in paths)} figures in {run_dir / 'plots'}")
+    say(f"{contents(paths)} in {run_dir}")
     return 0
+
+
+def contents(paths: list[Path]) -> str:
+    """What ``build_report`` wrote besides the two reports: ``8 figures, 14 profile pages``."""
+    pages = sum(p.name == "index.html" for p in paths[2:])
+    return f"{len(paths) - 2 - pages} figures" + (f", {pages} profile pages" if pages else "")
 
 
 def _profile_pages(run_dir: Path, ops: pd.DataFrame) -> dict[tuple[str, ...], Path]:

@@ -321,7 +321,7 @@ def set_threads(threads: int) -> None:
 
 def _report(run_dir: Path) -> None:
     """Build the run's report; a failure here is reported but never loses the results."""
-    from reports.report import build_report
+    from reports.report import build_report, contents
 
     try:
         paths = build_report(run_dir)
@@ -329,4 +329,4 @@ def _report(run_dir: Path) -> None:
         say(f"report failed ({type(exc).__name__}: {exc}); retry with "
             f"`python cli.py report {run_dir}`")
         return
-    say(f"report: {paths[0]} ({len(paths) - 2} figures)")
+    say(f"report: {paths[0]} ({contents(paths)})")

@@ -155,14 +155,25 @@ def test_the_filter_keeps_rows_with_every_word(pages: dict[str, Path], opened: A
     assert page.locator("span.shown").first.inner_text() == "12 of 16 rows"
 
 
+def _heights(rows: Any) -> list[float]:
+    return [rows.nth(i).bounding_box()["height"] for i in range(rows.count())]
+
+
 def test_skipped_rows_stay_one_line_until_clicked(pages: dict[str, Path], opened: Any) -> None:
     page = opened(pages["report"])
     rows = page.locator("#cases tbody tr", has_text="skipped")
-    heights = [rows.nth(i).bounding_box()["height"] for i in range(rows.count())]
+    heights = _heights(rows)
     assert rows.count() == 4 and max(heights) < 30
     reason = rows.first.locator("td.long")
     reason.click()
     assert rows.first.bounding_box()["height"] > 2 * heights[0]
+
+
+def test_every_row_of_a_comparison_is_one_line(pages: dict[str, Path], opened: Any) -> None:
+    page = opened(pages["compare"])
+    rows = page.locator("#cases tbody tr")
+    assert rows.count() == 16 and max(_heights(rows)) < 30
+    assert page.locator("#cases tbody tr", has_text="skipped").count() == 4
 
 
 def test_a_row_links_to_its_figure(pages: dict[str, Path], opened: Any) -> None:

@@ -34,7 +34,7 @@ def test_errors_read_over_many_decades(value: float, text: str) -> None:
 
 def test_no_number_is_written_in_scientific_notation() -> None:
     values = np.geomspace(1e-12, 1e12, 97)
-    for kind in ("ms", "s", "x", "pct", "num", "int", "bytes"):
+    for kind in ("ms", "s", "x", "pct", "num", "int", "bytes", "cores"):
         texts = column_text(pd.DataFrame({"v": values}), Col("v", "v", kind))
         assert not [t for t in texts if "e+" in t or "e-" in t], kind
     assert plain(1_234_567.0) == "1,230,000" and plain(0.000638) == "0.000638"
