@@ -184,7 +184,9 @@ class LoadWatch:
             load = f"; load {end[0]:g}" if end else ""
             warning = (f"the machine was busy: other processes used {mean:.1f} of {self.cores} "
                        f"cores on average{load}; {self.unstable} of {self.timed} timed cases "
-                       "unstable")
+                       "unstable") if mean > BUSY_SLACK_CORES else (
+                f"other processes disturbed {self.disturbed} of {self.timed} timed cases (up to "
+                f"{peak:.1f} of {self.cores} cores; {mean:.2f} on average{load})")
             if self.disturbed:
                 left = max(math.floor(self.cores - mean), 1)
                 warning += (f" ({self.disturbed} disturbed: rerun on a quiet machine"

@@ -248,6 +248,13 @@ def test_the_run_warning_fires_when_cases_were_disturbed_and_not_on_a_quiet_run(
     assert summary["busy"] and summary["unstable_cases"] == 1 and summary["timed_cases"] == 2
     assert "the machine was busy" in summary["warning"] and "1 of 2 timed cases" in (
         summary["warning"])
+    burst = LoadWatch(threads=2, target=0.02, probe_s=0)  # quiet but for one case
+    for _ in range(9):
+        burst.finished(_Result(0.0, []))
+    burst.finished(_Result(1.5, [interference.interference(1.5, 2, "cpu", total=2)]))
+    warning = burst.summary()["warning"]
+    assert warning.startswith("other processes disturbed 1 of 10 timed cases (up to 1.5 of 2 "
+                              "cores; 0.15 on average") and "busy" not in warning
 
 
 # --- plausibility --------------------------------------------------------------------------
