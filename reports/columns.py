@@ -185,6 +185,8 @@ RESULTS = {c.key: c for c in (
     Col("case", "size"), Col("status", "status"), Col("reason", "why"),
     Col("median_ms", "median time", "ms", "median of the timed calls",
         interval=("ci_lo_ms", "ci_hi_ms")),
+    Col("wall_ms", "back to back", "ms",
+        "CUDA: wall time per call of back-to-back calls, CPU launches included"),
     Col("iqr_ms", "spread (IQR)", "ms", "interquartile range of the samples"),
     Col("min_ms", "fastest call", "ms"), Col("mean_ms", "mean time", "ms"),
     Col("n_samples", "samples", "int"), Col("calls_per_sample", "calls per sample", "int"),

@@ -9,6 +9,7 @@ and the fraction of the device's roofline.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +139,8 @@ class CaseResult:
     precision: float = NAN  # the larger relative half-width of the median's and speedup's
     busy_cores: float = NAN  # cores other processes used while the case was sampled
     stable: bool | None = None  # precise and undisturbed (None: not timed)
+    tf32: bool | None = None  # its float32 math was allowed TF32 (None: not recorded)
+    wall_s: float = NAN  # CUDA: wall time per call of back-to-back calls (launches included)
     flags: list[str] = field(default_factory=list)
     ops: list[dict[str, Any]] = field(default_factory=list)
 
@@ -146,11 +149,12 @@ class CaseResult:
         return self.samples.median_s if self.samples else NAN
 
     def relate(self, builtin: Samples | None, ceilings: dict[str, Any] | None,
-               tf32: dict[str, Any], forward: Samples | None = None) -> None:
+               tf32: Mapping[str, Any], forward: Samples | None = None) -> None:
         """Speed relative to the eager ``builtin``'s samples (None: not timed), the roofline
-        fraction under the device's ``ceilings`` (None: not calibrated; ``tf32`` holds the TF32
-        flags the case ran under), the precision reached, and the plausibility flags
-        (``forward``: the samples of the same case in ``fwd`` mode, for a ``fwdbwd`` case)."""
+        fraction under the device's ``ceilings`` (None: not calibrated), the precision reached,
+        and the plausibility flags (``forward``: the samples of the same case in ``fwd`` mode,
+        for a ``fwdbwd`` case). The roofline's peak is that of the case's own precision (its
+        ``tf32``); ``tf32`` holds the run's TF32 flags, used only where the case has none."""
         if not self.samples:
             return
         widths = [self.samples.interval.precision]
@@ -162,7 +166,8 @@ class CaseResult:
         elif builtin is not None:
             self.speedup_vs_builtin = 1.0
         self.precision = max(widths)
-        peak_key = precision(self.case.dtype, self.case.device, tf32)
+        peak_key = precision(self.case.dtype, self.case.device,
+                             tf32 if self.tf32 is None else self.tf32)
         if ceilings is not None:
             self.roofline_frac = roofline_frac(
                 self.flops / self.median_s / 1e9, self.flops, self.bytes, ceilings, peak_key)
@@ -204,6 +209,8 @@ class CaseResult:
             "threads": self.threads, "seed": self.seed,
             "precision": self.precision, "busy_cores": self.busy_cores,
             "stable": NAN if self.stable is None or not s else int(self.stable),
+            "tf32": NAN if self.tf32 is None else int(self.tf32),
+            "wall_ms": self.wall_s * 1e3,
             "flags": "; ".join(self.flags),
         }
 

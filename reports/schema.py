@@ -14,7 +14,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,14 @@ RESULT_COLUMNS = (
     "roofline_frac", "speedup_vs_builtin", "speedup_lo", "speedup_hi", "max_abs_err", "rel_err",
     "grad_max_abs_err", "grad_rel_err", "rtol", "atol", "peak_mem_bytes", "predicted_s",
     "predicted_call_s", "op_calls", "threads", "seed", "precision", "busy_cores", "stable",
-    "flags",
+    "flags", "wall_ms", "tf32",
 )
 #: columns of text; every other result column is a number (empty: not measured)
 TEXT_COLUMNS = ("status", "reason", "flags")
 # Added after the first runs were written: absent columns load as empty.
 OPTIONAL_COLUMNS = ("predicted_call_s", "op_calls", "ci_lo_ms", "ci_hi_ms", "speedup_lo",
-                    "speedup_hi", "precision", "busy_cores", "stable", "flags")
+                    "speedup_hi", "precision", "busy_cores", "stable", "flags", "wall_ms",
+                    "tf32")
 #: ``round``: the interleaving round a sample was taken in (samples of one size that share a
 #: round were taken back to back, in an order rotated every round)
 SAMPLE_COLUMNS = (*KEY_COLUMNS, "sample", "round", "seconds")
@@ -79,12 +80,18 @@ def device_kind(device: str) -> str:
     return device.partition(":")[0]
 
 
-def precision(dtype: str, device: str, tf32: dict[str, Any]) -> str:
-    """What a case computes in: its dtype, or ``tf32`` for float32 on CUDA where TF32 is
-    allowed (``tf32``: the flags recorded in ``meta.json``, ``machine.tf32``). It picks the
-    correctness tolerance and the matmul peak of the roofline alike."""
-    if dtype == "float32" and device_kind(device) == "cuda" and (
-            tf32.get("cuda_matmul_allow_tf32") or tf32.get("cudnn_allow_tf32")):
+def precision(dtype: str, device: str, tf32: bool | float | Mapping[str, Any] | None) -> str:
+    """What a case computes in: its dtype, or ``tf32`` for float32 on CUDA where the case ran
+    with TF32 allowed. It picks the correctness tolerance and the matmul peak of the roofline.
+
+    ``tf32`` is the row's ``tf32`` column (1 or 0; NaN or None: not recorded). For a run written
+    before rows recorded it, pass the run's flags (``meta.json``, ``machine.tf32``): the case is
+    then taken as TF32 where any library was allowed it, as such runs assumed.
+    """
+    if isinstance(tf32, Mapping):
+        tf32 = bool(tf32.get("cuda_matmul_allow_tf32") or tf32.get("cudnn_allow_tf32"))
+    allowed = tf32 is not None and tf32 == tf32 and bool(tf32)  # NaN != NaN: not recorded
+    if dtype == "float32" and device_kind(device) == "cuda" and allowed:
         return "tf32"
     return dtype
 

@@ -28,6 +28,7 @@ class TimingConfig:
     slow_min_samples: int = 3
     max_samples: int = 200
     flush_l2: bool = True  # CUDA: overwrite a buffer larger than L2 before every sample
+    cuda_graph: bool = False  # CUDA: time replays of the call captured in a CUDA graph
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class BenchOptions:
     min_time_s: float = 0.25
     max_time_s: float = 1.0
     precision: float = 0.02
+    cuda_graph: bool = False
     trials: int = 3
     seed: int = 0
     profile: bool = False

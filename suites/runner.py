@@ -32,7 +32,7 @@ from reports.record import Case, CaseResult, Samples
 from reports.schema import TIMED
 from suites.budget import predict
 from suites.compilation import compiled, reset_compiler
-from suites.config import BenchConfig
+from suites.config import BenchConfig, TimingConfig
 from suites.correctness import TOLERANCES, Call, bind, check, make_trial, tolerance_key
 from suites.devices import Device, device, tf32_flags
 from suites.interference import interference
@@ -46,7 +46,7 @@ from suites.profiling import (
     trace_name,
 )
 from suites.rounds import Contestant, Guard, run_rounds
-from suites.timing import sampler
+from suites.timing import LAUNCH_BOUND_TAG, launch_bound, sampler, wall_per_call
 
 NAN = float("nan")
 
@@ -127,6 +127,10 @@ def judge(result: CaseResult, config: BenchConfig, known: Mapping[Case, Samples]
         reasons.append(disturbed)
     result.flags = [*reasons, *(f for f in result.flags if not f.startswith(INSTABILITY_TAGS))]
     result.stable = not reasons
+    samples = result.samples  # judged again (a resumed run): one launch_bound flag at most
+    result.flags = [f for f in result.flags if not f.startswith(LAUNCH_BOUND_TAG)]
+    if bound := launch_bound(result.wall_s, samples.interval.hi, samples.median_s):
+        result.flags.append(bound)
 
 
 def execute_group(group: list[Case], config: BenchConfig, profile_root: Path | None,
@@ -150,7 +154,7 @@ def execute_group(group: list[Case], config: BenchConfig, profile_root: Path | N
                        guard=lambda position: guard(indices[position]))
             group_id = int.from_bytes(os.urandom(6), "little")
             for i, prepared_case in ready.items():
-                _finish(results[i], prepared_case, group_id, guard(i), where)
+                _finish(results[i], prepared_case, group_id, guard(i), where, config.timing)
     finally:
         ready.clear()
         where.release_memory()
@@ -221,8 +225,9 @@ def _prepare(case: Case, config: BenchConfig, result: CaseResult) -> _Prepared |
 
 
 def _finish(result: CaseResult, prepared_case: _Prepared, group_id: int,
-            guard: AbstractContextManager[None], where: Device) -> None:
-    """The samples the rounds took of a case, or its failure."""
+            guard: AbstractContextManager[None], where: Device, timing: TimingConfig) -> None:
+    """The samples the rounds took of a case, or its failure; on a device timed by events,
+    also the wall time of back-to-back calls (``wall_s``: launches included)."""
     contestant = prepared_case.contestant
     if contestant.failure is not None:
         result.status, result.reason = _failure(contestant.failure)
@@ -234,6 +239,10 @@ def _finish(result: CaseResult, prepared_case: _Prepared, group_id: int,
     peak = _guarded(result, guard, where.peak_memory_bytes, prepared_case.step)
     if peak is not None:
         result.peak_mem_bytes = peak
+    if where.event_timing and result.status in TIMED:
+        wall = _guarded(result, guard, wall_per_call, prepared_case.step, where, timing.block_s)
+        if wall is not None:
+            result.wall_s = wall
 
 
 def _profile(result: CaseResult, seed: int, profile_root: Path) -> None:

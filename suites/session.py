@@ -116,14 +116,16 @@ def resolve(options: BenchOptions) -> BenchConfig:
         compile_modes=compile_modes, preset=choose("preset", (options.preset,), PRESET_NAMES)[0],
         size=size, budget_s=options.budget_s, trials=options.trials, seed=options.seed,
         threads=options.run.threads, profile=options.profile,
-        timing=timing_config(options.min_time_s, options.max_time_s, options.precision),
+        timing=timing_config(options.min_time_s, options.max_time_s, options.precision,
+                             options.cuda_graph),
         out=options.run.out,
         impl_files=options.run.impl_files, timeout_s=options.timeout_s,
         isolate=options.isolate if options.isolate is not None else bool(
             options.run.impl_files or set(compile_modes) - {"none"}))
 
 
-def timing_config(min_time_s: float, max_time_s: float, precision: float) -> TimingConfig:
+def timing_config(min_time_s: float, max_time_s: float, precision: float,
+                  cuda_graph: bool = False) -> TimingConfig:
     """The timing options, checked (``UsageError``: a cap below the minimum, a precision that
     is not a fraction between 0 and 1)."""
     if not 0 < precision < 1:
@@ -132,7 +134,8 @@ def timing_config(min_time_s: float, max_time_s: float, precision: float) -> Tim
     if min_time_s < 0 or max_time_s < max(min_time_s, 1e-3):
         raise UsageError(f"--max-time {max_time_s:g} s: the cap must be at least --min-time "
                          f"({min_time_s:g} s)")
-    return TimingConfig(min_time_s=min_time_s, max_time_s=max_time_s, precision=precision)
+    return TimingConfig(min_time_s=min_time_s, max_time_s=max_time_s, precision=precision,
+                        cuda_graph=cuda_graph)
 
 
 def planned(config: BenchConfig) -> list[Case]:

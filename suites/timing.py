@@ -90,12 +90,13 @@ def sampler(step: Callable[[], Any], device: Device, config: TimingConfig) -> Co
     if device.event_timing:
         flush = device.flush_buffer() if config.flush_l2 else None
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        timed = graphed(step) if config.cuda_graph else step
 
         def event_sample() -> float:
             if flush is not None:
                 flush.zero_()  # evict the previous call's data from L2, outside the timed region
             start.record()
-            step()
+            timed()
             end.record()
             end.synchronize()
             return start.elapsed_time(end) / 1e3
@@ -112,6 +113,58 @@ def sampler(step: Callable[[], Any], device: Device, config: TimingConfig) -> Co
         return max(timer.timeit(calls), 1e-9) / calls
 
     return Contestant(block_sample, per_call_s * calls, calls=calls)
+
+
+def graphed(step: Callable[[], Any]) -> Callable[[], Any]:
+    """``step`` captured once into a CUDA graph; the graph's replay, which launches all of its
+    kernels at once: the time a graphed model would see, without the CPU's launch costs (the
+    L2 flush before each sample stays outside the graph, so replays start cold too, unlike
+    ``triton.testing.do_bench_cudagraph``, which replays many calls back to back on a warm
+    cache). A step that synchronizes with the CPU or changes shapes cannot be captured: the
+    case fails with the capture's error."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # the allocator's warm-up, as torch.cuda.graph asks
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+#: a case is launch-bound when back-to-back calls take this much longer per call than one
+#: call between events: the GPU waits for the CPU to launch its kernels
+LAUNCH_BOUND_RATIO = 1.25
+LAUNCH_BOUND_TAG = "launch_bound"
+
+
+def wall_per_call(step: Callable[[], Any], device: Device, seconds: float,
+                  min_calls: int = 10) -> float:
+    """Seconds per call of back-to-back calls by the wall clock, synchronized once at the end:
+    what a loop of calls costs with every launch on the CPU included (at least ``min_calls``
+    calls, about ``seconds`` in all)."""
+    device.synchronize()
+    start = time.perf_counter()
+    step()
+    device.synchronize()
+    calls = max(min_calls, round(seconds / max(time.perf_counter() - start, 1e-9)))
+    start = time.perf_counter()
+    for _ in range(calls):
+        step()
+    device.synchronize()
+    return (time.perf_counter() - start) / calls
+
+
+def launch_bound(wall_s: float, event_hi_s: float, event_median_s: float) -> str | None:
+    """The ``launch_bound`` flag where back-to-back calls take clearly longer than one call on
+    the GPU: more than ``LAUNCH_BOUND_RATIO`` x its median and beyond its 95% interval."""
+    if not (wall_s > LAUNCH_BOUND_RATIO * event_median_s and wall_s > event_hi_s):
+        return None
+    return (f"{LAUNCH_BOUND_TAG}: {wall_s * 1e6:.3g} us per call back to back against "
+            f"{event_median_s * 1e6:.3g} us on the GPU: the CPU launches slower than the GPU "
+            "computes (wall_ms; --cuda-graph times the GPU alone)")
 
 
 def measure(step: Callable[[], Any], device: Device, config: TimingConfig,

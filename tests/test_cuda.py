@@ -131,3 +131,60 @@ def test_cli_bad_cuda_index_is_bad_input(device: str) -> None:
     assert proc.returncode == 2, describe(proc)
     assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1
     assert "Traceback" not in proc.stderr
+
+
+def _event_ms(fn: object) -> float:
+    """One call of ``fn`` between two events, nothing queued before it."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    fn()  # type: ignore[operator]
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def test_event_samples_time_a_kernel_of_known_length() -> None:
+    """``torch.cuda._sleep`` spins the GPU for a number of cycles: the samples of a step that
+    sleeps must be the sleep's own length (measured alone, back to back), not the launch or
+    the flush before it."""
+    torch.cuda._sleep(1_000_000)  # wake the clocks up
+    cycles = 1_000_000
+    alone = sorted(_event_ms(lambda: torch.cuda._sleep(cycles)) for _ in range(5))[2] / 1e3
+    samples = measure(lambda: torch.cuda._sleep(cycles), device("cuda"), FAST_TIMING, threads=1)
+    assert 0.8 < samples.median_s / alone < 1.25
+    twice = measure(lambda: torch.cuda._sleep(2 * cycles), device("cuda"), FAST_TIMING, 1)
+    assert 1.6 < twice.median_s / samples.median_s < 2.5  # linear in the work
+
+
+def test_back_to_back_wall_time_includes_the_launches() -> None:
+    """A few tiny kernels launch during the flush before an event sample and run back to back:
+    the event time is the GPU's alone, while a loop of calls waits for every launch."""
+    from suites.timing import launch_bound, wall_per_call
+
+    x = torch.zeros(1, device="cuda")
+
+    def tiny() -> None:
+        for _ in range(8):
+            x.add_(1.0)
+
+    where = device("cuda")
+    samples = measure(tiny, where, FAST_TIMING, threads=1)
+    wall = wall_per_call(tiny, where, 0.05)
+    assert wall > samples.median_s
+    heavy = torch.randn(2048, 2048, device="cuda")
+    compute = measure(lambda: heavy @ heavy, where, FAST_TIMING, threads=1)
+    assert launch_bound(wall_per_call(lambda: heavy @ heavy, where, 0.05),
+                        compute.interval.hi, compute.median_s) is None
+
+
+def test_cuda_graph_timing_replays_the_call() -> None:
+    from suites.timing import sampler
+
+    x = torch.randn(256, 256, device="cuda")
+    out = torch.empty_like(x)
+    contestant = sampler(lambda: torch.matmul(x, x, out=out), device("cuda"),
+                         TimingConfig(warmup_s=0.01, cuda_graph=True))
+    assert contestant.take() > 0
+    torch.cuda.synchronize()
+    assert torch.allclose(out, x @ x, rtol=1e-3, atol=1e-3)
