@@ -128,9 +128,8 @@ def list_command(layer: str | None, impl_files: tuple[Path, ...]) -> None:
               help="Sizes: quick, default or full.")
 @options("--size", "--budget", "--min-time", "--max-time", "--precision", "--trials",
          "--threads", "--seed")
-@click.option("--cuda-graph", is_flag=True,
-              help="CUDA: time replays of each call captured in a CUDA graph (the GPU alone, "
-                   "no launch costs; each replay after an L2 flush). CPU cases are unaffected.")
+@click.option("--cuda-graph", is_flag=True, help="CUDA: time replays of each call captured in "
+              "a CUDA graph (no launch costs; an L2 flush before each). Not on the CPU.")
 @click.option("--profile", is_flag=True, help="Also profile each case (traces and ops.csv).")
 @options("--out", "--impl-file", "--quiet")
 @click.option("--no-report", "report", is_flag=True, flag_value=False, default=True,

@@ -34,6 +34,7 @@ from impls.registry import (
     register_impl,
     register_layer,
 )
+from impls.sdpa_backends import CUDNN, EFFICIENT, FLASH, restricted_sdpa
 
 #: the notes' fill value for masked scores
 MASK_FILL = -1e9
@@ -261,6 +262,8 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, temperature: flo
 
 _SDPA_NOTES = ("returns no attention weights; a fully masked row gives zeros or NaN, not the "
                "notes' uniform average")
+#: the restricted backends (impls.sdpa_backends)
+_REFUSES = "; a case the backend refuses is skipped, with torch's reasons"
 
 
 @register_impl("attention", "builtin", notes=_SDPA_NOTES)
@@ -280,33 +283,31 @@ def attention_sdpa_math(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
 
 @register_impl("attention", "sdpa_flash", devices=("cuda",),
                dtypes=(torch.float16, torch.bfloat16),
-               notes=_SDPA_NOTES + "; takes no mask: masked cases are skipped")
+               notes=_SDPA_NOTES + "; takes no mask: masked cases are skipped" + _REFUSES)
 def attention_sdpa_flash(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
                          temperature: float) -> Tensor:
     """SDPA restricted to FlashAttention-2 (half precision; no arbitrary mask)."""
     if mask is not None:
         raise Unsupported("sdpa_flash: the flash backend takes no attn_mask (only "
-                                  "is_causal); it runs unmasked cases only")
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-        return _sdpa(q, k, v, None, temperature)
+                          "is_causal); it runs unmasked cases only")
+    return restricted_sdpa(FLASH, q, k, v, None, 1.0 / temperature)
 
 
 @register_impl("attention", "sdpa_efficient", devices=("cuda",),
-               dtypes=(torch.float32, torch.float16, torch.bfloat16), notes=_SDPA_NOTES)
+               dtypes=(torch.float32, torch.float16, torch.bfloat16),
+               notes=_SDPA_NOTES + _REFUSES)
 def attention_sdpa_efficient(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
                              temperature: float) -> Tensor:
     """SDPA restricted to the memory-efficient (xFormers) backend."""
-    with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
-        return _sdpa(q, k, v, mask, temperature)
+    return restricted_sdpa(EFFICIENT, q, k, v, mask, 1.0 / temperature)
 
 
 @register_impl("attention", "sdpa_cudnn", devices=("cuda",),
-               dtypes=(torch.float16, torch.bfloat16), notes=_SDPA_NOTES)
+               dtypes=(torch.float16, torch.bfloat16), notes=_SDPA_NOTES + _REFUSES)
 def attention_sdpa_cudnn(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
                          temperature: float) -> Tensor:
     """SDPA restricted to the cuDNN backend (recent GPUs and cuDNN versions only)."""
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        return _sdpa(q, k, v, mask, temperature)
+    return restricted_sdpa(CUDNN, q, k, v, mask, 1.0 / temperature)
 
 
 class ScaledDotProductAttention(nn.Module):

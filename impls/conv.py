@@ -229,7 +229,7 @@ def conv2d_im2col_chunked(x: Tensor, weight: Tensor, bias: Tensor, stride: int,
     return out.view(N, C_out, H_out, W_out)
 
 
-@register_impl("conv", "builtin")
+@register_impl("conv", "builtin", libraries=("cudnn_conv",))
 def conv2d_builtin(x: Tensor, weight: Tensor, bias: Tensor, stride: int, padding: int) -> Tensor:
     """torch.nn.functional.conv2d (oneDNN on CPU, cuDNN on CUDA)."""
     return F.conv2d(x, weight, bias, stride=stride, padding=padding)

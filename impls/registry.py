@@ -28,6 +28,10 @@ FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 DTYPE_NAMES = {"float32": torch.float32, "float64": torch.float64,
                "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+#: the libraries an implementation's float32 math can go through on CUDA, each with its own TF32
+#: switch: cuBLAS (matmul, bmm, einsum, linear), cuDNN convolutions, cuDNN RNNs
+LIBRARIES = ("cublas", "cudnn_conv", "cudnn_rnn")
+
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
@@ -163,6 +167,9 @@ class Impl:
     #: the registered implementations this one is composed of, as ``(layer, impl)`` pairs
     #: (a CNN family's conv, bn, pool and linear; an encoder's attention)
     parts: tuple[tuple[str, str], ...] = ()
+    #: what its float32 math goes through on CUDA (``LIBRARIES``): whose TF32 switch decides
+    #: its tolerance and the peak of its roofline
+    libraries: tuple[str, ...] = ("cublas",)
 
     @property
     def description(self) -> str:
@@ -318,6 +325,7 @@ def register_impl(
     compilable: bool | None = None,
     notes: str = "",
     parts: tuple[tuple[str, str], ...] = (),
+    libraries: tuple[str, ...] | None = None,
     replace: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn`` as implementation ``name`` of ``layer``; the function is returned unchanged.
@@ -331,6 +339,8 @@ def register_impl(
             dynamo would unroll).
         notes: what a user should know, shown by ``list`` (e.g. "returns no attention weights").
         parts: the registered ``(layer, impl)`` implementations this one is made of.
+        libraries: what its float32 math goes through on CUDA (``LIBRARIES``; e.g.
+            ``("cudnn_conv",)`` for ``F.conv2d``); default: its parts' libraries, or cuBLAS.
         replace: take the place of an implementation of the same name (derived
             implementations follow their base; tests swap one in a ``REGISTRY.scoped()`` block).
     """
@@ -342,7 +352,24 @@ def register_impl(
             dtypes=frozenset(dtypes), modes=frozenset(modes), naive=naive,
             compilable=(not naive) if compilable is None else compilable,
             source=source, notes=notes, parts=parts,
+            libraries=_libraries(source, libraries, parts),
         ), replace=replace)
         return fn
 
     return wrap
+
+
+def _libraries(source: str, libraries: tuple[str, ...] | None,
+               parts: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    """``libraries`` checked, or by default those of the registered ``parts``, or cuBLAS."""
+    if libraries is None:
+        found: list[str] = []
+        for layer, impl in parts:
+            with contextlib.suppress(KeyError):  # a part not registered adds nothing
+                found += REGISTRY.impl(layer, impl).libraries
+        return tuple(dict.fromkeys(found)) or ("cublas",)
+    if unknown := [lib for lib in libraries if lib not in LIBRARIES]:
+        raise RegistryError(f"{source}: unknown librar{'ies' if len(unknown) > 1 else 'y'} "
+                            f"{', '.join(map(repr, unknown))} (choose from "
+                            f"{', '.join(LIBRARIES)})")
+    return tuple(libraries)

@@ -142,7 +142,7 @@ def rnn_einsum(text: Tensor, embedding: Tensor, W_ih: Tensor, b_ih: Tensor, W_hh
     return torch.einsum("nh,oh->no", h_t, fc_weight) + fc_bias  # (N, output_dim)
 
 
-@register_impl("rnn", "builtin",
+@register_impl("rnn", "builtin", libraries=("cudnn_rnn", "cublas"),
                notes="on CUDA, cuDNN repacks the (unflattened) weights on every call")
 def rnn_builtin(text: Tensor, embedding: Tensor, W_ih: Tensor, b_ih: Tensor, W_hh: Tensor,
                 b_hh: Tensor, fc_weight: Tensor, fc_bias: Tensor) -> Tensor:

@@ -135,26 +135,80 @@ def _fastest(ranked: pd.DataFrame) -> tuple[pd.DataFrame, float]:
 
 
 OTHER_OPS = "other"
+#: ``ops.csv``'s ``device_type`` of an operator row; other values mark a kernel, copy or memset
+CPU_EVENT = "cpu"
+CASE_KEY = [*GROUP, "case"]
+
+
+def event_kinds(ops: pd.DataFrame) -> pd.Series:
+    """Each row's ``device_type``: as recorded, or, in an ``ops.csv`` written before that
+    column, ``cuda`` for a row with device time and no CPU time (torch.profiler gives a
+    device event no CPU time and an operator some), else ``cpu``."""
+    device_only = (_number(ops, "cpu_total_us") <= 0) & (_number(ops, "self_device_us") > 0)
+    inferred = pd.Series(np.where(device_only, "cuda", CPU_EVENT), index=ops.index)
+    if "device_type" not in ops.columns:
+        return inferred
+    recorded = ops["device_type"].astype(object)
+    known = recorded.notna() & (recorded.astype(str).str.strip() != "")
+    return recorded.where(known, inferred).astype(str).str.lower()
+
+
+def timed_ops(ops: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``ops`` that make up their case's self time, with it as ``us`` (per call of
+    the case): their sum is the case's total.
+
+    A GPU case with kernel rows counts their device time, and only theirs: torch.profiler lists
+    each kernel twice, as a device event of its own and in the self device time of the
+    operator that launched it (``FunctionEvent.self_device_time_total`` of a CPU event is its
+    kernels' time), so adding both kinds counts every kernel twice. The kernel rows are the
+    complete set (a kernel launched outside any recorded operator, e.g. a compiled graph's
+    Triton kernel under the dropped ``ProfilerStep``, has its own row only) and what torch's
+    own table totals. A GPU case without them (the legacy profiler, whose operators hold their
+    kernels' time) counts its operators' self device time; every other case its operators'
+    self CPU time.
+    """
+    if ops.empty:
+        return ops.assign(us=pd.Series(dtype=float))
+    on_device = event_kinds(ops) != CPU_EVENT
+    cpu, device = _number(ops, "self_cpu_us"), _number(ops, "self_device_us")
+    cases = [ops[k].astype(str) for k in CASE_KEY]
+
+    def case_sum(values: pd.Series) -> pd.Series:
+        return values.groupby(cases, sort=False, dropna=False).transform("sum")
+
+    gpu = ops["device"].astype(str).map(device_kind) != CPU_EVENT
+    kernels = gpu & (case_sum(device.where(on_device, 0.0)) > 0)
+    legacy = gpu & ~kernels & (case_sum(device.where(~on_device, 0.0)) > 0)
+    keep = (kernels & on_device) | (~kernels & ~on_device)
+    us = np.where(kernels | legacy, device, cpu)
+    return ops.assign(us=us)[keep]
 
 
 def self_time_column(ops: pd.DataFrame) -> str:
-    """Where an operator's own time is: kernel time on a GPU run, CPU time otherwise."""
-    on_gpu = ops["device"].astype(str).map(device_kind) == "cuda"
-    if on_gpu.any() and pd.to_numeric(ops.loc[on_gpu, "self_device_us"]).sum() > 0:
+    """Where the rows of ``timed_ops`` hold their time: ``self_device_us`` where a GPU case ran
+    kernels, else ``self_cpu_us``."""
+    on_gpu = ops["device"].astype(str).map(device_kind) != CPU_EVENT
+    if on_gpu.any() and _number(ops.loc[on_gpu], "self_device_us").sum() > 0:
         return "self_device_us"
     return "self_cpu_us"
 
 
+def _number(ops: pd.DataFrame, column: str) -> pd.Series:
+    """``ops[column]`` as numbers, 0 where empty or absent."""
+    if column not in ops.columns:
+        return pd.Series(0.0, index=ops.index)
+    return pd.to_numeric(ops[column], errors="coerce").fillna(0.0)
+
+
 def op_shares(ops: pd.DataFrame, top: int = 7) -> pd.DataFrame:
-    """Each profiled case's self time split over the ``top`` operators of ``ops`` (by their
-    largest share in any case) plus ``other``: columns key, ``op``, ``us`` (per call of the
-    case), ``share`` (of the case's total)."""
-    key = [*GROUP, "case"]
+    """Each profiled case's self time (``timed_ops``: kernel time on a GPU) split over the
+    ``top`` operators of ``ops`` (by their largest share in any case) plus ``other``: columns
+    key, ``op``, ``us`` (per call of the case), ``share`` (of the case's total)."""
+    key = CASE_KEY
     ops = ops[ops["op"].notna() & ~ops["op"].astype(str).str.startswith("<")]
-    if ops.empty:
+    frame = timed_ops(ops)
+    if frame.empty:
         return pd.DataFrame(columns=[*key, "op", "us", "share"])
-    column = self_time_column(ops)
-    frame = ops.assign(us=pd.to_numeric(ops[column], errors="coerce").fillna(0.0))
     totals = frame.groupby(key, sort=False)["us"].transform("sum")
     frame = frame.assign(share=frame["us"] / totals.where(totals > 0))
     leaders = (frame.groupby("op")["share"].max().sort_values(ascending=False)
@@ -167,9 +221,10 @@ def op_shares(ops: pd.DataFrame, top: int = 7) -> pd.DataFrame:
 
 
 def profile_table(results: pd.DataFrame, ops: pd.DataFrame) -> pd.DataFrame:
-    """Per profiled case: operator calls per call, peak memory, profiled time per call and the
-    operator that takes the most of it."""
-    key = [*GROUP, "case"]
+    """Per profiled case: operator calls per call, peak memory, profiled time per call (the
+    total of ``timed_ops``: each kernel once on a GPU) and the operator that takes the most
+    of it."""
+    key = CASE_KEY
     shares = op_shares(ops, top=10**6)
     if shares.empty:
         return pd.DataFrame(columns=[*key, "variant", "median_ms", "op_calls", "peak_mem_mib",

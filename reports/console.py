@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from reports.analysis import MARK_LEGEND, best_per_size, mark, marks
+from reports.analysis import MARK_LEGEND, best_per_size, event_kinds, mark, marks
 from reports.columns import count, plain, size_bytes
 from reports.profile_page import time_unit
 from reports.record import Case, CaseResult
@@ -215,17 +215,19 @@ def ops_table(ops: pd.DataFrame, top: int, title: str) -> Table:
     # a table narrower than its title wraps the title: a table of short operator names did
     table = Table(title=heading, title_justify="left", min_width=len(heading))
     columns = ["operator", "calls", f"self CPU {unit}", "%", f"CPU total {unit}"]
-    columns += [f"self device {unit}", f"device total {unit}"] if device_time else []
+    # on a GPU a kernel's time is in its row (on cuda) and in its operator's (on cpu)
+    columns += [f"self device {unit}", f"device total {unit}", "on"] if device_time else []
+    kinds = event_kinds(ops)
     memory = "self_cpu_mem_bytes" in ops.columns
     columns += ["self memory"] if memory else []
     for column in columns:
         table.add_column(column, justify="left" if column == "operator" else "right")
-    for _, r in ops.head(top).iterrows():
+    for i, r in ops.head(top).iterrows():
         cells = [r["op"], count(r["calls"]), plain(r["self_cpu_us"] / scale),
                  f"{100 * r['self_cpu_us'] / total:.1f}" if total > 0 else "",
                  plain(r["cpu_total_us"] / scale)]
-        cells += [plain(r["self_device_us"] / scale),
-                  plain(r["device_total_us"] / scale)] if device_time else []
+        cells += [plain(r["self_device_us"] / scale), plain(r["device_total_us"] / scale),
+                  kinds[i]] if device_time else []
         cells += [size_bytes(r["self_cpu_mem_bytes"])] if memory else []
         table.add_row(*cells)
     return table

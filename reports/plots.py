@@ -154,9 +154,15 @@ def _speedup(layer: LayerData) -> Drawn | None:
     return Drawn(fig, f"{layer.name}: speedup vs builtin ({setting(data)})", caption)
 
 
-def _peak_key(device: str, dtype: str, table: dict[str, Any], meta: dict[str, Any]) -> str:
-    """The runner's rule (``precision``), falling back to float32 if tf32 was not calibrated."""
-    key = precision(dtype, device, (meta.get("machine") or {}).get("tf32") or {})
+def _peak_key(device: str, dtype: str, table: dict[str, Any], meta: dict[str, Any],
+              rows: pd.DataFrame | None = None) -> str:
+    """The peak a facet's ceiling is drawn at, by the runner's rule (``precision``): tf32 where
+    any of its ``rows`` ran with TF32 allowed (their ``tf32`` column), so that the line bounds
+    every point; the run's flags where no row says (runs before the column, or no ``rows``).
+    float32 if tf32 was not calibrated."""
+    recorded = rows["tf32"].dropna() if rows is not None and "tf32" in rows else pd.Series()
+    flags = (meta.get("machine") or {}).get("tf32") or {}
+    key = precision(dtype, device, bool(recorded.any()) if len(recorded) else flags)
     return key if key in table else dtype
 
 
@@ -183,7 +189,7 @@ def _roofline(layer: LayerData) -> Drawn | None:
             top = g.loc[g["gflops"].idxmax()]
             best.append((top["intensity"], top["gflops"], variant(impl, compile_mode),
                          layer.palette.color(impl)))
-        _ceiling(ax, calibration[device], device, dtype, layer.meta, sub["intensity"])
+        _ceiling(ax, calibration[device], device, dtype, layer.meta, sub)
         ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs per byte)",
                ylabel="achieved GFLOP/s")
         ax.autoscale_view()
@@ -200,9 +206,10 @@ def _roofline(layer: LayerData) -> Drawn | None:
 
 
 def _ceiling(ax: Any, ceilings: dict[str, Any], device: str, dtype: str, meta: dict[str, Any],
-             intensity: pd.Series) -> None:
+             rows: pd.DataFrame) -> None:
     table = ceilings.get("matmul_gflops") or {}
-    key = _peak_key(device, dtype, table, meta)
+    key = _peak_key(device, dtype, table, meta, rows)
+    intensity = rows["intensity"]
     peak, bandwidth = table.get(key), ceilings.get("copy_gbps")
     if not peak or not bandwidth:
         ax.text(0.02, 0.95, f"no calibrated ceiling for {key}", transform=ax.transAxes,

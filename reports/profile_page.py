@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from reports import html
+from reports.analysis import event_kinds, self_time_column, timed_ops
 from reports.columns import Col, plain, present, size_bytes, time_ms
 from reports.schema import KEY_COLUMNS, PROFILE_DIR, load_ops, trace_name
 from reports.style import variant
@@ -110,7 +111,8 @@ def case_page(case_dir: Path, ops: pd.DataFrame, out: Path,
         note = " ".join(str(n) for n in ops["note"].dropna())
         parts.append(f'<p class="warning">The profiler failed on this case: {html.esc(note)}</p>')
     else:
-        figures = case_figures(ops, files.memory or [], title, case_dir)
+        # the rows the case's total is made of: on a GPU its kernels, each once
+        figures = case_figures(timed_ops(ops), files.memory or [], title, case_dir)
         timeline = None
         if files.spans is not None:
             timeline = draw_timeline(files.spans, f"{title}: the first recorded call",
@@ -122,7 +124,8 @@ def case_page(case_dir: Path, ops: pd.DataFrame, out: Path,
                   html.table(table, present(table, OPS_TABLE), scroll=True, sortable=True),
                   '<p class="note">Per call of the case (averaged over the recorded calls): '
                   "self time is spent in the operator itself, total time includes the operators "
-                  "it calls; self memory is what it allocates less what it frees.</p>"]
+                  "it calls; self memory is what it allocates less what it frees."
+                  f"{DEVICE_NOTE if 'device_type' in table.columns else ''}</p>"]
     parts += ["<h2>Files</h2>", html.definitions(_file_rows(case_dir, out, tensorboard_dir)),
               f'<p class="note">{html.esc(ONLINE_NOTE)}</p>']
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,14 +150,16 @@ def _facts(key: Mapping[str, str], profiled: str, files: CaseFiles,
     self_us = pd.to_numeric(ops["self_cpu_us"], errors="coerce").sum()
     if self_us > 0:
         rows.append(("CPU self time per call", time_ms(self_us / 1e3)))
+    if self_time_column(ops) == "self_device_us":  # the report's "under the profiler"
+        rows.append(("GPU time per call", time_ms(timed_ops(ops)["us"].sum() / 1e3)))
     if schedule := summary.get("schedule"):
         rows.append(("profiler schedule", ", ".join(f"{k} {v}" for k, v in schedule.items())))
     return rows
 
 
 FIGURE_TEXT = {
-    "breakdown": ("Where the time goes", "Self time per operator per call in ms, with its "
-                  "share of the case's total; calls per call in brackets."),
+    "breakdown": ("Where the time goes", "Self time per operator (on a GPU: per kernel) per "
+                  "call in ms, with its share of the case's total; calls per call in brackets."),
     "memory": ("Memory over one call", "Bytes the call holds beyond what existed before it, "
                "from the profiler's allocation events."),
 }
@@ -224,12 +229,17 @@ OPS_TABLE = (
     Col("self_device_ms", "self device", "ms", "kernel time the operator launched itself"),
     Col("device_total_ms", "device total", "ms"),
     Col("self_cpu_mem_bytes", "self memory", "bytes", "what it allocates less what it frees"),
+    Col("device_type", "on", tip="cpu: an operator, whose self device time is the kernels it "
+        "launched; cuda: one of those kernels (or a copy), in its own row"),
 )
+#: why the table lists every kernel's time twice, and which rows make the total
+DEVICE_NOTE = (" On the GPU each kernel (on cuda) is also in the self device time of the operator "
+               "that launched it (on cpu): the case's GPU time is the sum over the kernels.")
 
 
 def ops_frame(ops: pd.DataFrame) -> pd.DataFrame:
     """The rows of a page's operator table (``OPS_TABLE``'s columns: times in ms, the self
-    time's share, device times only where the case ran kernels)."""
+    time's share, device times and each row's kind only where the case ran kernels)."""
     ops = ops[~ops["op"].astype(str).str.startswith("<")]
     number = {c: pd.to_numeric(ops[c], errors="coerce").fillna(0.0) for c in
               ("calls", "self_cpu_us", "cpu_total_us", "self_device_us", "device_total_us",
@@ -242,6 +252,7 @@ def ops_frame(ops: pd.DataFrame) -> pd.DataFrame:
     if number["self_device_us"].sum() > 0:
         frame["self_device_ms"] = number["self_device_us"] / 1e3
         frame["device_total_ms"] = number["device_total_us"] / 1e3
+        frame["device_type"] = event_kinds(ops)
     frame["self_cpu_mem_bytes"] = number["self_cpu_mem_bytes"]
     return pd.DataFrame(frame).reset_index(drop=True)
 

@@ -130,6 +130,7 @@ class CaseResult:
     rtol: float = NAN
     atol: float = NAN
     peak_mem_bytes: float = NAN
+    peak_rss_bytes: float = NAN  # the process's peak resident set while the case ran
     predicted_s: float = NAN
     predicted_call_s: float = NAN
     roofline_frac: float = NAN
@@ -204,7 +205,8 @@ class CaseResult:
             "max_abs_err": self.max_abs_err, "rel_err": self.rel_err,
             "grad_max_abs_err": self.grad_max_abs_err, "grad_rel_err": self.grad_rel_err,
             "rtol": self.rtol, "atol": self.atol,
-            "peak_mem_bytes": self.peak_mem_bytes, "predicted_s": self.predicted_s,
+            "peak_mem_bytes": self.peak_mem_bytes, "peak_rss_bytes": self.peak_rss_bytes,
+            "predicted_s": self.predicted_s,
             "predicted_call_s": self.predicted_call_s, "op_calls": self.op_calls,
             "threads": self.threads, "seed": self.seed,
             "precision": self.precision, "busy_cores": self.busy_cores,

@@ -42,7 +42,8 @@ __all__ = ["build_report", "contents", "report", "status_counts", "variant_summa
 EVERY_CASE = results_columns(
     ["variant", "case", "layer", "setting", "status", "median_ms", "wall_ms",
      "speedup_vs_builtin", "gflops", "roofline_frac", "rel_err", "grad_rel_err", "n_samples",
-     "precision", "busy_cores", "iqr_ms", "compile_s", "peak_mem_bytes", "op_calls", "flags",
+     "precision", "busy_cores", "iqr_ms", "compile_s", "peak_mem_bytes", "peak_rss_bytes",
+     "op_calls", "tf32", "flags",
      "reason"])
 VERDICT_COLUMNS = [
     Col("layer", "layer"), Col("setting", "setting", tip="device, dtype, mode"),
@@ -54,8 +55,9 @@ VERDICT_COLUMNS = [
     Col("correct", "correct", tip="cases correct against the float64 reference"),
     Col("failed", "not correct or not run"), Col("look", "take a second look"),
 ]
-#: columns of the every-case table shown only where a row has a value (CUDA, compile, profile)
-SOMETIMES = frozenset({"wall_ms", "compile_s", "peak_mem_bytes", "op_calls"})
+#: columns of the every-case table shown only where a row has a value other than 0 (CUDA,
+#: compile, profile)
+SOMETIMES = frozenset({"wall_ms", "compile_s", "peak_mem_bytes", "op_calls", "tf32"})
 MD_ROWS = 20  # unstable or flagged cases listed in report.md at most, per layer
 METHOD = (
     "Correctness: every case against a float64 CPU reference computed from the same rounded "
@@ -212,7 +214,8 @@ def _html_body(results: pd.DataFrame, meta: dict[str, Any],
         parts += [html.figure(f.path, f"{f.title}. {f.caption}", _figure_id(f))
                   for f in figures if f.layer == layer]
     table = marked(results)
-    every = [c for c in EVERY_CASE if c.key not in SOMETIMES or table[c.key].notna().any()]
+    every = [c for c in EVERY_CASE
+             if c.key not in SOMETIMES or (table[c.key].fillna(0) != 0).any()]
     parts += ['<h2 id="every-case">Every case</h2>',
               _html_table(table, every, links=links, scroll=True, sortable=True,
                           filterable=True, table_id="cases"),

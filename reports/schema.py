@@ -40,20 +40,23 @@ RESULT_COLUMNS = (
     "roofline_frac", "speedup_vs_builtin", "speedup_lo", "speedup_hi", "max_abs_err", "rel_err",
     "grad_max_abs_err", "grad_rel_err", "rtol", "atol", "peak_mem_bytes", "predicted_s",
     "predicted_call_s", "op_calls", "threads", "seed", "precision", "busy_cores", "stable",
-    "flags", "wall_ms", "tf32",
+    "flags", "wall_ms", "tf32", "peak_rss_bytes",
 )
 #: columns of text; every other result column is a number (empty: not measured)
 TEXT_COLUMNS = ("status", "reason", "flags")
 # Added after the first runs were written: absent columns load as empty.
 OPTIONAL_COLUMNS = ("predicted_call_s", "op_calls", "ci_lo_ms", "ci_hi_ms", "speedup_lo",
                     "speedup_hi", "precision", "busy_cores", "stable", "flags", "wall_ms",
-                    "tf32")
+                    "tf32", "peak_rss_bytes")
 #: ``round``: the interleaving round a sample was taken in (samples of one size that share a
 #: round were taken back to back, in an order rotated every round)
 SAMPLE_COLUMNS = (*KEY_COLUMNS, "sample", "round", "seconds")
 OPTIONAL_SAMPLE_COLUMNS = ("round",)
+#: ``device_type``: ``cpu`` for an operator, the device's (``cuda``) for a kernel, copy or
+#: memset: on a GPU each kernel has its row and is in its operator's ``self_device_us`` too
 OPS_COLUMNS = (*KEY_COLUMNS, "profiled_case", "op", "calls", "self_cpu_us", "cpu_total_us",
-               "self_device_us", "device_total_us", "self_cpu_mem_bytes", "note")
+               "self_device_us", "device_total_us", "self_cpu_mem_bytes", "note", "device_type")
+OPTIONAL_OPS_COLUMNS = ("device_type",)
 STATUSES = ("ok", "incorrect", "error", "oom", "timeout", "skipped")
 #: statuses with a measured time (a wrong implementation is still timed)
 TIMED = ("ok", "incorrect")
@@ -202,9 +205,16 @@ def load_samples(run_dir: str | Path) -> pd.DataFrame:
 
 
 def load_ops(run_dir: str | Path) -> pd.DataFrame:
-    """``ops.csv`` (operators per profiled case, per call of the case); empty if not profiled."""
-    return _optional_table(Path(run_dir) / "ops.csv", OPS_COLUMNS,
-                           {c: str for c in (*KEY_COLUMNS, "profiled_case", "op", "note")})
+    """``ops.csv`` (operators per profiled case, per call of the case); empty if not profiled.
+    A column of ``OPTIONAL_OPS_COLUMNS`` an older run lacks loads empty."""
+    frame = _optional_table(Path(run_dir) / "ops.csv",
+                            [c for c in OPS_COLUMNS if c not in OPTIONAL_OPS_COLUMNS],
+                            {c: str for c in (*KEY_COLUMNS, "profiled_case", "op", "note",
+                                              "device_type")})
+    for column in OPTIONAL_OPS_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = math.nan
+    return frame
 
 
 def _optional_table(path: Path, columns: Sequence[str],

@@ -113,7 +113,8 @@ UNSTABLE_COLUMNS = results_columns(["variant", "setting", "case", "median_ms", "
 PROBLEM_COLUMNS = results_columns(["variant", "setting", "case", "status", "reason"])
 PROFILE_COLUMNS = [
     *results_columns(["variant", "setting", "case", "median_ms"]),
-    Col("profiled_ms", "under the profiler", "ms", "self time of every operator per call"),
+    Col("profiled_ms", "under the profiler", "ms",
+        "self time of every operator per call (on a GPU: of every kernel)"),
     Col("op_calls", "operators per call", "int"),
     Col("peak_mem_mib", "peak memory", "mib", "most memory a call holds beyond its inputs"),
     Col("top_op", "top operator"), Col("top_share", "its share", "pct"),

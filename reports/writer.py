@@ -108,12 +108,12 @@ def open_resumed(run_dir: Path, param_names: list[str]) -> tuple[dict[str, Any],
         raise RunDataError(f"--resume {run_dir}: results.csv has other columns than this "
                            "configuration writes (another layerbench version?)")
     done = {tuple(row[k] for k in KEY_COLUMNS) for row in rows}
-    for name in ("samples.csv", "ops.csv"):
-        path = run_dir / name
+    for name, columns in (("samples.csv", SAMPLE_COLUMNS), ("ops.csv", OPS_COLUMNS)):
+        path = run_dir / name  # rewritten with today's columns: the appenders add those
         if path.is_file():
-            header, kept = _repaired(path)
-            _rewrite(path, header, [r for r in kept if tuple(r.get(k) for k in KEY_COLUMNS)
-                                    in done])
+            _, kept = _repaired(path)
+            _rewrite(path, list(columns), [r for r in kept if tuple(r.get(k) for k in
+                                                                    KEY_COLUMNS) in done])
     return meta, rows
 
 
@@ -135,7 +135,7 @@ def _repaired(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 def _rewrite(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=header)
+        writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)

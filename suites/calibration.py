@@ -20,7 +20,7 @@ from torch.utils import benchmark
 
 from impls.registry import DTYPE_NAMES
 from suites.compilation import PROJECT_ROOT
-from suites.devices import Device, device
+from suites.devices import Device, device, matmul_tf32
 
 MATMUL_SIZES = (256, 512, 1024, 2048, 4096, 8192)  # square n; grown until a call is long enough
 LONG_CALL_S = 0.02  # a matmul this long is past launch and cache effects
@@ -80,27 +80,40 @@ def save(name: str, measured: dict[str, Any]) -> Path:
 def measure(name: str) -> dict[str, Any]:
     """Measure peak matmul GFLOP/s for every dtype device ``name`` runs, and copy GB/s.
 
+    The work runs with the device current (``cuda:N``: the timer synchronises the current
+    device), and what it allocated is handed back after (on CUDA, ~2 GiB of cached blocks).
     On the CPU, ``load_before`` is the 1-minute load average as the measurement starts: other
     work on the cores lowers the ceilings, and every roofline fraction divided by them rises.
     """
     where = device(name)
     load = os.getloadavg()[0] if where.kind == "cpu" and hasattr(os, "getloadavg") else None
     start = time.perf_counter()
+    with where.selected():
+        try:
+            gflops, gbps = _ceilings(where), copy_gbps(where)
+        finally:
+            where.release_memory()  # inside: empty_cache frees the current device's cache
+    return {"device": name, "device_name": where.display_name(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "load_before": load, "matmul_gflops": gflops,
+            "copy_gbps": gbps, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "measure_s": round(time.perf_counter() - start, 2)}
+
+
+def _ceilings(where: Device) -> dict[str, float]:
+    """Peak matmul GFLOP/s per dtype ``where`` runs; on CUDA float32 both as IEEE float32 and
+    as TF32 (the ``tf32`` peak), whatever the user's TF32 setting, which is put back after."""
     gflops = {}
     for dtype_name, dtype in DTYPE_NAMES.items():
         if where.dtype_problem(dtype):
             continue
         if where.kind == "cuda" and dtype == torch.float32:
-            with _tf32(False):
+            with matmul_tf32(False):
                 gflops["float32"] = matmul_gflops(where, dtype)
-            with _tf32(True):
+            with matmul_tf32(True):
                 gflops["tf32"] = matmul_gflops(where, dtype)
         else:
             gflops[dtype_name] = matmul_gflops(where, dtype)
-    return {"device": name, "device_name": where.display_name(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "load_before": load, "matmul_gflops": gflops,
-            "copy_gbps": copy_gbps(where), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "measure_s": round(time.perf_counter() - start, 2)}
+    return gflops
 
 
 def matmul_gflops(where: Device, dtype: torch.dtype) -> float:
@@ -132,16 +145,3 @@ def _best_s(fn: Any) -> float:
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return min(timer.blocked_autorange(min_run_time=TIMER_S).times)  # a ceiling: the best block
 
-
-class _tf32:
-    """Set TF32 for matmuls within a block, restoring the user's choice after."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-
-    def __enter__(self) -> None:
-        self._saved = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = self.enabled
-
-    def __exit__(self, *exc: object) -> None:
-        torch.backends.cuda.matmul.allow_tf32 = self._saved

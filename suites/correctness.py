@@ -15,14 +15,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from impls.registry import CaseInputs, Layer, Params, dtype_name
+from impls.registry import LIBRARIES, CaseInputs, Layer, Params, dtype_name
 from reports.schema import precision
 from suites import devices
 
@@ -32,15 +32,20 @@ from suites import devices
 TOLERANCES: dict[str, tuple[float, float]] = {
     "float64": (1e-7, 1e-7),
     "float32": (1e-4, 1e-4),
-    "tf32": (2e-3, 2e-3),  # float32 on CUDA with TF32 matmul/conv (10-bit mantissa)
+    "tf32": (2e-3, 2e-3),  # float32 on CUDA through a library allowed TF32 (10-bit mantissa)
     "float16": (1e-2, 1e-2),
     "bfloat16": (2e-2, 2e-2),
 }
 
 
-def tolerance_key(dtype: torch.dtype, device: str) -> str:
-    """The TOLERANCES row for a dtype on a device (float32 on CUDA with TF32 on is ``tf32``)."""
-    return precision(dtype_name(dtype), device, devices.tf32_flags())
+def tolerance_key(dtype: torch.dtype, device: str,
+                  libraries: Collection[str] | None = None) -> str:
+    """The TOLERANCES row for an implementation whose float32 math goes through ``libraries``
+    (``Impl.libraries``): ``tf32`` for float32 on CUDA where one of them may use TF32 now.
+    None: not known, so any library's TF32 counts (the looser row; what ``check`` did before
+    implementations declared their libraries)."""
+    tf32 = devices.device(device).uses_tf32(dtype, LIBRARIES if libraries is None else libraries)
+    return precision(dtype_name(dtype), device, tf32)
 
 
 @dataclass(frozen=True)
@@ -278,10 +283,11 @@ def bind(fn: Callable[..., Any], trial: Trial) -> Call:
     return train_step if trial.mode == "train" else forward_backward
 
 
-def check_trial(fn: Callable[..., Any], trial: Trial, device: str,
-                dtype: torch.dtype) -> list[Comparison]:
-    """Everything one call of ``fn`` produces, compared with the trial's reference."""
-    rtol, atol = TOLERANCES[tolerance_key(dtype, device)]
+def check_trial(fn: Callable[..., Any], trial: Trial, device: str, dtype: torch.dtype,
+                libraries: Collection[str] | None = None) -> list[Comparison]:
+    """Everything one call of ``fn`` produces, compared with the trial's reference, within the
+    tolerance of its precision (``tolerance_key``)."""
+    rtol, atol = TOLERANCES[tolerance_key(dtype, device, libraries)]
     before = trial.inputs.clone()
     devices.device(device).poison_allocator(trial.ref_out.numel(), dtype)
     out, grads = bind(fn, trial)()
@@ -310,16 +316,19 @@ def check_trial(fn: Callable[..., Any], trial: Trial, device: str,
 
 
 def check(fn: Callable[..., Any], layer: Layer, params: Params, seeds: list[int],
-          dtype: torch.dtype, device: str, mode: str) -> tuple[Verdict, Trial]:
+          dtype: torch.dtype, device: str, mode: str,
+          libraries: Collection[str] | None = None) -> tuple[Verdict, Trial]:
     """Run ``fn`` on fresh inputs for each seed; stop at the first failing trial.
 
-    Returns the verdict and the first trial (whose inputs the timing reuses).
+    ``libraries``: what ``fn``'s float32 math goes through (``Impl.libraries``), which decides
+    its tolerance on CUDA. Returns the verdict and the first trial (whose inputs the timing
+    reuses).
     """
     verdict, first = Verdict(), None
     for seed in seeds:
         trial = make_trial(layer, params, seed, dtype, device, mode)
         first = first or trial
-        for comparison in check_trial(fn, trial, device, dtype):
+        for comparison in check_trial(fn, trial, device, dtype, libraries):
             verdict.add(comparison)
         if verdict.problems:
             break

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,100 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: the settings of torch's ``fp32_precision`` API (torch >= 2.9) that decide TF32 on CUDA, as
+#: ``torch.backends`` attribute paths, and the setting each inherits from while it is "none"
+_FP32_SETTINGS: dict[str, tuple[str, str | None]] = {
+    "matmul": ("cuda.matmul", "cuda"), "conv": ("cudnn.conv", "cuda"),
+    "rnn": ("cudnn.rnn", "cuda"), "cuda": ("cudnn", "generic"), "generic": ("", None)}
+#: the setting that decides whether each library's float32 math may use TF32 (``LIBRARIES``)
+TF32_SETTINGS = {"cublas": "matmul", "cudnn_conv": "conv", "cudnn_rnn": "rnn"}
+
+
+def _fp32_holder(setting: str) -> Any:
+    holder: Any = torch.backends
+    for part in filter(None, _FP32_SETTINGS[setting][0].split(".")):
+        holder = getattr(holder, part)
+    return holder
+
+
+def fp32_precision(setting: str) -> str | None:
+    """torch's ``fp32_precision`` of a CUDA ``setting`` (``matmul``, ``conv``, ``rnn``) as in
+    effect, inherited values resolved: ``tf32``, ``ieee`` or ``none``; None before torch 2.9.
+    Unlike the legacy ``allow_tf32`` it never raises, whichever API set it."""
+    try:
+        return str(_fp32_holder(setting).fp32_precision)
+    except AttributeError:
+        return None
+
+
+def tf32_allowed(library: str) -> bool:
+    """Whether float32 math through ``library`` (one of ``LIBRARIES``) may use TF32 now."""
+    setting = TF32_SETTINGS[library]
+    if (value := fp32_precision(setting)) is not None:
+        return value == "tf32"
+    # torch < 2.9 has only the legacy flags, which cannot disagree with themselves
+    legacy = torch.backends.cuda.matmul if setting == "matmul" else torch.backends.cudnn
+    return bool(legacy.allow_tf32)
+
+
 def tf32_flags() -> dict[str, Any]:
-    """The TF32 switches in effect now (recorded in ``meta.json`` as ``machine.tf32``)."""
+    """The TF32 switches in effect now (``meta.json``: ``machine.tf32``), read through torch's
+    ``fp32_precision`` API so that no mix of it and the legacy flags can raise.
+
+    ``cudnn_allow_tf32``: cuDNN convolutions or RNNs may use TF32; ``float32_matmul_precision``
+    is the legacy setting, None where the two APIs disagree and torch refuses to read it.
+    """
+    allowed = {library: tf32_allowed(library) for library in TF32_SETTINGS}
+    try:
+        legacy: str | None = torch.get_float32_matmul_precision()
+    except RuntimeError:  # "mix of the legacy and new APIs"
+        legacy = None
     return {
-        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda_matmul_allow_tf32": allowed["cublas"],
+        "cudnn_allow_tf32": allowed["cudnn_conv"] or allowed["cudnn_rnn"],
+        "cudnn_conv_allow_tf32": allowed["cudnn_conv"],
+        "cudnn_rnn_allow_tf32": allowed["cudnn_rnn"],
+        "float32_matmul_precision": legacy,
     }
+
+
+def _own_fp32_precision(setting: str) -> str:
+    """The own value of ``matmul``, ``cuda`` or ``generic``, "none" where it inherits (torch's
+    getter resolves inheritance): found by moving its parent to another value for a moment,
+    then putting that back. (``conv`` and ``rnn`` start in an internal "default" state that no
+    setter accepts, so theirs cannot be put back once changed: nothing here changes them.)"""
+    value = fp32_precision(setting)
+    parent = _FP32_SETTINGS[setting][1]
+    if value is None or value == "none" or parent is None:
+        return value or "none"
+    parent_value = _own_fp32_precision(parent)
+    probe = "ieee" if value == "tf32" else "tf32"
+    _fp32_holder(parent).fp32_precision = probe
+    try:
+        return "none" if fp32_precision(setting) == probe else value
+    finally:
+        _fp32_holder(parent).fp32_precision = parent_value
+
+
+@contextlib.contextmanager
+def matmul_tf32(enabled: bool) -> Iterator[None]:
+    """cuBLAS float32 matmuls with TF32 ``enabled`` or not within the block; the setting that was
+    there before is put back exactly (an inherited "none" stays inherited), through the same
+    API, so the legacy flags are never mixed in."""
+    if fp32_precision("matmul") is None:  # torch < 2.9
+        saved_flag = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved_flag
+        return
+    saved = _own_fp32_precision("matmul")
+    torch.backends.cuda.matmul.fp32_precision = "tf32" if enabled else "ieee"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = saved
 
 
 class Device:
@@ -68,6 +155,11 @@ class Device:
     def dtype_problem(self, dtype: torch.dtype) -> str:
         """Why ``dtype`` cannot run here, or ``""``."""
         return ""
+
+    def uses_tf32(self, dtype: torch.dtype, libraries: Collection[str]) -> bool:
+        """Whether an implementation whose float32 math goes through ``libraries``
+        (``Impl.libraries``) may compute ``dtype`` in TF32 here: never off CUDA."""
+        return False
 
     def display_name(self) -> str:
         """What measured ceilings belong to: the CPU model and thread count, or the GPU."""
@@ -132,9 +224,18 @@ class CudaDevice(Device):
         return ""
 
     def dtype_problem(self, dtype: torch.dtype) -> str:
-        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            return f"bfloat16 is not supported by {self.display_name()}"
-        return ""
+        if dtype != torch.bfloat16:
+            return ""
+        if absent := self.problem():  # no device to select
+            return absent
+        with self.selected():  # the check reads the current device's compute capability
+            # before compute capability 8.0 bfloat16 runs emulated: not the native
+            # arithmetic a bfloat16 case is meant to measure
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return "" if native else f"bfloat16 is not supported natively by {self.display_name()}"
+
+    def uses_tf32(self, dtype: torch.dtype, libraries: Collection[str]) -> bool:
+        return dtype == torch.float32 and any(tf32_allowed(lib) for lib in libraries)
 
     def display_name(self) -> str:
         return torch.cuda.get_device_name(torch.device(self.name))

@@ -5,12 +5,19 @@ inductor does, for one conv backward on this CPU), call ``os._exit`` or be kille
 killer. In a worker process that costs the worker, not the run: the case becomes a ``timeout`` or
 ``error`` row and a fresh worker runs the rest of its group again. In this process, the time
 limit is a signal that interrupts Python code (and sleeps), but not one long native call.
+
+Either way a case's guard turns ``sys.exit`` inside it into an ``error`` of that case, measures
+its peak RSS (``suites.memory``) and watches for a sticky CUDA error (``suites.faults``): a worker
+that meets one is replaced before the next case; in this process, every later CUDA case becomes
+an ``error`` row without running (its CUDA context is gone) while CPU cases go on. A worker
+whose RSS grew past ``suites.memory.worker_rss_limit()`` is replaced after its size group.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -21,9 +28,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from reports.schema import device_kind
 from suites.config import BenchConfig
+from suites.faults import context_lost, exit_reason
+from suites.memory import CaseMemory, rss_bytes, worker_rss_limit
 
 WORKER_START_S = 300.0  # importing torch and the user's files; generous on a loaded machine
+EXIT_CONTEXT_LOST = 70  # a worker's exit status after a sticky CUDA error (EX_SOFTWARE)
 
 
 @dataclass(frozen=True)
@@ -57,11 +68,14 @@ class InProcess:
     """Run each group here; each case under a signal-based time limit (main thread only).
 
     The limit is per case over everything it does (its check, warm-up and every sample of the
-    rounds): the group's guard arms the alarm with what is left of the case's time.
+    rounds): the group's guard arms the alarm with what is left of the case's time. After a
+    sticky CUDA error (``lost``: the case that met it, and the error) no CUDA case runs here
+    again: each is an ``error`` row.
     """
 
     def __init__(self, config: BenchConfig, target: Target) -> None:
         self.config, self.target = config, target
+        self.lost: tuple[Any, BaseException] | None = None
 
     def __enter__(self) -> InProcess:
         return self
@@ -70,24 +84,51 @@ class InProcess:
         self.close()
 
     def __call__(self, group: list[Any], profile_root: Path | None) -> list[Any]:
+        if self.lost is not None and _on_cuda(group[0]):
+            return [Lost("error", lost_context(*self.lost, "not run")) for _ in group]
         limit = self.config.timeout_s
         spent = [0.0] * len(group)
+        memory = CaseMemory(len(group))
+        entered: set[int] = set()
+        culprit: list[int] = []  # the case of this group that lost the CUDA context
 
         @contextlib.contextmanager
         def guard(index: int) -> Iterator[None]:
+            if self.lost is not None and _on_cuda(group[index]):
+                what = "cut short" if index in entered else "not run"
+                raise CaseLost("error", lost_context(*self.lost, what))
+            entered.add(index)
             left = limit - spent[index]
             if limit > 0 and left <= 0:
                 raise CaseLost("timeout", timeout_reason(limit, isolated=False))
             start = time.perf_counter()
             try:
-                with _alarm(left if limit > 0 else 0):
+                with _alarm(left if limit > 0 else 0), memory.watching(index):
                     yield
             except CaseTimeout:
                 raise CaseLost("timeout", timeout_reason(limit, isolated=False)) from None
+            except SystemExit as exc:  # the run goes on (KeyboardInterrupt still stops it)
+                raise CaseLost("error", exit_reason(exc)) from None
+            except Exception as exc:
+                if self.lost is None and context_lost(exc):
+                    self.lost = group[index], exc
+                    culprit.append(index)
+                raise
             finally:
                 spent[index] += time.perf_counter() - start
 
-        return self.target(group, self.config, profile_root, guard)
+        try:
+            results = self.target(group, self.config, profile_root, guard)
+        except Exception:
+            if not culprit:
+                raise
+            # the group's clean-up met the lost context (CUDA calls outside any case)
+            assert self.lost is not None
+            found, spoiled = context_lost(self.lost[1]), lost_context(*self.lost, "result lost")
+            return [Lost("error", found if i in culprit and found else spoiled)
+                    for i in range(len(group))]
+        memory.record(results)
+        return results
 
     def close(self, kill: bool = False) -> None:
         pass
@@ -98,11 +139,14 @@ class Isolated:
 
     The worker says which case it works on (``("case", i)``, then ``("idle", i)``); the parent
     holds each case to its time limit. A case that overruns or kills the worker is lost (its
-    worker killed or gone); a fresh worker then runs the group's remaining cases again.
+    worker killed or gone); so is one that loses the worker's CUDA context (``("lost",
+    reason)``, then the worker exits). A fresh worker then runs the group's remaining cases
+    again. A worker that grew past ``rss_limit`` bytes (0: no limit) ends after its group.
     """
 
     def __init__(self, config: BenchConfig, target: Target) -> None:
         self.config, self.target = config, target
+        self.rss_limit = worker_rss_limit()
         self._context = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
         self._process: Any = None
         self._conn: Connection | None = None
@@ -146,16 +190,22 @@ class Isolated:
             elif kind == "idle":
                 spent[payload] += time.perf_counter() - since
                 current = None
-            else:  # "done": every result
-                return dict(enumerate(payload))
+            elif kind == "lost":  # its CUDA context is gone: no later case may run in it
+                self._stop(kill=True)
+                return {} if current is None else {current: Lost("error", payload)}
+            else:  # "done": every result, and whether the worker grew past its limit
+                results, grown = payload
+                if grown:
+                    self._stop(kill=False)  # the worker ends as its pipe closes
+                return dict(enumerate(results))
 
     def close(self, kill: bool = False) -> None:
         self._stop(kill=kill)
 
     def _start(self) -> None:
         parent, child = self._context.Pipe()
-        self._process = self._context.Process(target=_serve, args=(child, self.config,
-                                                                   self.target), daemon=True)
+        self._process = self._context.Process(
+            target=_serve, args=(child, self.config, self.target, self.rss_limit), daemon=True)
         self._process.start()
         child.close()
         self._conn = parent
@@ -208,22 +258,47 @@ def timeout_reason(limit_s: float, isolated: bool) -> str:
     return f"exceeded the {limit_s:g} s limit per case (--timeout); {how}"
 
 
-def _reporting(conn: Connection) -> Guard:
-    """The worker's guard: tell the parent which case the work in it belongs to."""
+def lost_context(case: Any, exc: BaseException, what: str) -> str:
+    """The reason of a CUDA case that ``what`` (``not run``, ``cut short``, ``result lost``) in
+    this process after ``case`` met ``exc``, a sticky CUDA error."""
+    error = " ".join(str(exc).split())[:120]
+    return (f"{what}: {'/'.join(map(str, getattr(case, 'key', (case,))))} lost this "
+            f"process's CUDA context ({type(exc).__name__}: {error}); every CUDA call here "
+            "now fails. Rerun with --isolate: each size group then runs in a worker process, "
+            "replaced after such an error")
+
+
+def _on_cuda(case: Any) -> bool:
+    return device_kind(str(getattr(case, "device", ""))) == "cuda"
+
+
+def _reporting(conn: Connection, memory: CaseMemory) -> Guard:
+    """The worker's guard: tell the parent which case the work in it belongs to; measure it;
+    after a sticky CUDA error, tell the parent and exit (nothing may run in this process)."""
 
     @contextlib.contextmanager
     def guard(index: int) -> Iterator[None]:
         conn.send(("case", index))
         try:
-            yield
+            with memory.watching(index):
+                yield
+        except SystemExit as exc:
+            raise CaseLost("error", exit_reason(exc)) from None
+        except Exception as exc:
+            if lost := context_lost(exc):
+                conn.send(("lost", lost))
+                os._exit(EXIT_CONTEXT_LOST)  # no clean-up: each CUDA call would fail again
+            raise
         finally:
             conn.send(("idle", index))
 
     return guard
 
 
-def _serve(conn: Connection, config: BenchConfig, target: Target) -> None:
-    """The worker: set up like the parent, then run cases until the pipe closes."""
+def _serve(conn: Connection, config: BenchConfig, target: Target, rss_limit: int) -> None:
+    """The worker: set up like the parent, then run cases until the pipe closes. A group that
+    leaves it grown by more than ``rss_limit`` bytes (0: no limit) since it started gets a flag
+    per row, and ``done`` tells the parent to replace it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
         import torch
@@ -237,13 +312,21 @@ def _serve(conn: Connection, config: BenchConfig, target: Target) -> None:
     except BaseException as exc:  # the parent reports it
         conn.send(f"{type(exc).__name__}: {exc}")
         return
+    start_rss = rss_bytes()
     conn.send("ready")
     while True:
         try:
             cases, profile_root = conn.recv()
         except (EOFError, OSError):
             return
-        conn.send(("done", target(cases, config, profile_root, _reporting(conn))))
+        memory = CaseMemory(len(cases))
+        results = target(cases, config, profile_root, _reporting(conn, memory))
+        memory.record(results)
+        grown = rss_bytes() - start_rss
+        recycle = bool(rss_limit) and grown > rss_limit
+        if recycle:
+            memory.recycled(results, grown, rss_limit)
+        conn.send(("done", (results, recycle)))
 
 
 @contextlib.contextmanager

@@ -8,7 +8,8 @@ memory recorded (and Python stacks on request). What comes out, per case:
   TensorBoard's torch-tb-profiler reads it), copied to a plain Chrome-trace JSON that Perfetto
   (https://ui.perfetto.dev) and chrome://tracing open;
 - every operator with its calls and self/total times **per call of the case** (averaged over the
-  active calls): the rows of ``ops.csv``;
+  active calls): the rows of ``ops.csv``; on a GPU, every kernel too, each row marked with
+  its ``device_type`` (``op_row``);
 - ``op_calls``: operators launched directly by the implementation per call (top-level operators:
   the five-loop conv launches hundreds of thousands, ``F.conv2d`` one);
 - ``peak_mem_bytes``: the most memory the call held at once beyond what existed before it
@@ -146,14 +147,9 @@ def profile_case(step: Callable[[], Any], case: Case, profiled_label: str, trace
         shutil.copyfile(written[0], chrome_trace)
     steps = max(settings.active, 1)
     key = ops_key(case, profiled_label)
-    averages = [e for e in prof.key_averages() if not e.key.startswith(STEP_PREFIX)]
+    averages = [e for e in prof.key_averages() if listed(e)]
     averages.sort(key=lambda e: e.self_cpu_time_total + _device_time(e, "self"), reverse=True)
-    ops = [{**key, "op": e.key, "calls": e.count / steps,
-            "self_cpu_us": e.self_cpu_time_total / steps,
-            "cpu_total_us": e.cpu_time_total / steps,
-            "self_device_us": _device_time(e, "self") / steps,
-            "device_total_us": _device_time(e, "total") / steps,
-            "self_cpu_mem_bytes": e.self_cpu_memory_usage / steps} for e in averages]
+    ops = [op_row(e, key, steps) for e in averages]
     top_level = sum(1 for e in prof.events()
                     if e.cpu_parent is not None and e.cpu_parent.name.startswith(STEP_PREFIX))
     events = list(prof.profiler.kineto_results.events())
@@ -162,6 +158,33 @@ def profile_case(step: Callable[[], Any], case: Case, profiled_label: str, trace
     return CaseProfile(ops=ops, op_calls=top_level / steps, peak_mem_bytes=peak,
                        memory=timeline, step_ms=step_ms(spans), spans=first_step(spans),
                        settings=settings)
+
+
+def listed(event: Any) -> bool:
+    """Whether one of ``key_averages()``'s events gets an ``ops.csv`` row: not the profiler's
+    own step, nor the device-side copy of a ``record_function`` range (``is_user_annotation``
+    off the CPU), which spans kernels that have rows of their own (torch's table leaves it
+    out of its device total too)."""
+    on_device = event.device_type != DeviceType.CPU
+    return not event.key.startswith(STEP_PREFIX) and not (
+        on_device and getattr(event, "is_user_annotation", False))
+
+
+def op_row(event: Any, key: dict[str, str], steps: int) -> dict[str, Any]:
+    """The ``ops.csv`` row of one of ``key_averages()``'s events, per call of the case.
+
+    ``device_type`` says what the row is: ``cpu`` for an operator (its self device time is the
+    kernels it launched itself), ``cuda`` (or another device) for a kernel, copy or memset,
+    whose time is its own. Every kernel has both, its row and its launching operator's: a
+    case's device time is the sum over one kind (``reports.analysis.timed_ops``).
+    """
+    return {**key, "op": event.key, "calls": event.count / steps,
+            "self_cpu_us": event.self_cpu_time_total / steps,
+            "cpu_total_us": event.cpu_time_total / steps,
+            "self_device_us": _device_time(event, "self") / steps,
+            "device_total_us": _device_time(event, "total") / steps,
+            "self_cpu_mem_bytes": event.self_cpu_memory_usage / steps,
+            "device_type": event.device_type.name.lower()}
 
 
 @contextmanager

@@ -35,6 +35,7 @@ from suites.compilation import compiled, reset_compiler
 from suites.config import BenchConfig, TimingConfig
 from suites.correctness import TOLERANCES, Call, bind, check, make_trial, tolerance_key
 from suites.devices import Device, device, tf32_flags
+from suites.faults import classify, exit_reason
 from suites.interference import interference
 from suites.isolation import CaseLost, InProcess, Lost, executor
 from suites.profiling import (
@@ -174,10 +175,12 @@ def run_case(case: Case, config: BenchConfig) -> CaseResult:
 def new_result(case: Case, config: BenchConfig) -> CaseResult:
     """A result with what is known before anything runs: FLOPs, bytes, tolerances."""
     layer, dtype = REGISTRY.layer(case.layer), DTYPE_NAMES[case.dtype]
-    rtol, atol = TOLERANCES[tolerance_key(dtype, case.device)]
+    libraries = REGISTRY.impl(case.layer, case.impl).libraries
+    rtol, atol = TOLERANCES[tolerance_key(dtype, case.device, libraries)]
     return CaseResult(case, flops=layer.flops(case.size, case.mode),
                       bytes=layer.bytes_moved(case.size, dtype, case.mode), rtol=rtol, atol=atol,
-                      threads=torch.get_num_threads(), seed=config.seed)
+                      threads=torch.get_num_threads(), seed=config.seed,
+                      tf32=device(case.device).uses_tf32(dtype, libraries))
 
 
 @dataclass
@@ -213,7 +216,8 @@ def _prepare(case: Case, config: BenchConfig, result: CaseResult) -> _Prepared |
         first()
         where.synchronize()
         first_call_s = time.perf_counter() - start
-    verdict, trial = check(fn, layer, params, seeds, dtype, case.device, case.mode)
+    verdict, trial = check(fn, layer, params, seeds, dtype, case.device, case.mode,
+                           impl.libraries)
     result.max_abs_err, result.rel_err = verdict.max_abs_err, verdict.rel_err
     result.grad_max_abs_err, result.grad_rel_err = verdict.grad_max_abs_err, verdict.grad_rel_err
     if not verdict.ok:
@@ -271,7 +275,7 @@ def _guarded(result: CaseResult, guard: AbstractContextManager[None],
             return work(*args)
     except Unsupported as exc:
         result.status, result.reason, result.samples = "skipped", str(exc), None
-    except Exception as exc:  # failure is data: the run goes on
+    except (Exception, SystemExit) as exc:  # failure is data: the run goes on
         result.status, result.reason = _failure(exc)
         result.samples = None
     return None
@@ -309,9 +313,9 @@ def prepared(case: Case, seed: int) -> Call:
 
 
 def _failure(exc: BaseException) -> tuple[str, str]:
+    """The status and reason of a case that raised ``exc`` (``suites.faults.classify``)."""
     if isinstance(exc, CaseLost):
         return exc.status, exc.reason
-    message = " ".join(str(exc).split())[:500]
-    if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in message:
-        return "oom", f"{type(exc).__name__}: {message}"
-    return "error", f"{type(exc).__name__}: {message}"
+    if isinstance(exc, SystemExit):
+        return "error", exit_reason(exc)
+    return classify(exc)

@@ -43,12 +43,16 @@ from suites.runner import run
 
 
 def load_impl_files(paths: Iterable[Path]) -> None:
-    """Register the implementations of the user's files (``--impl-file``)."""
+    """Register the implementations of the user's files (``--impl-file``); a file that does not
+    import, or calls ``sys.exit`` as it does, is bad input (``UsageError``)."""
     for path in paths:
         try:
             REGISTRY.load_file(path)
         except RegistryError as exc:
             raise UsageError(str(exc)) from None
+        except SystemExit as exc:
+            raise UsageError(f"--impl-file {path} does not import: it called "
+                             f"sys.exit({exc.code!r})") from None
 
 
 def choose(option: str, values: Iterable[str], choices: Iterable[str],

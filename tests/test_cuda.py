@@ -32,7 +32,7 @@ FAST_TIMING = TimingConfig(min_time_s=0.02, warmup_s=0.01, min_samples=5, max_sa
 
 def _dtypes() -> list:
     bf16 = pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.skipif(
-        torch.cuda.is_available() and not torch.cuda.is_bf16_supported(),
+        torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False),
         reason="this GPU has no bfloat16"))
     return [pytest.param(torch.float32, id="float32"), bf16]
 

@@ -1,14 +1,19 @@
 """Failures are data: faulty implementations, interrupted runs, ``--resume``, ``--seed``.
 
 Fault injection goes through ``--impl-file tests/data/faulty_conv.py``: implementations that
-raise, return NaN, hang, ask for 4 PiB, or kill their own process. Runs go through ``cli.main``
-in this process, except the ones interrupted by a signal, which run as ``python cli.py``.
+raise, return NaN, hang, ask for 4 PiB, or kill their own process; and through ``PLANTED``,
+written to a temporary file: one that calls ``sys.exit(4)``, one that raises the error torch
+gives after an illegal memory access (``torch.AcceleratorError`` with CUDA's code 700,
+fabricated on the CPU: the runner treats the context as lost whatever the device), and one that
+leaks 300 MiB. Runs go through ``cli.main`` in this process, except the ones interrupted by a
+signal, which run as ``python cli.py``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import signal
 import subprocess
@@ -24,7 +29,18 @@ from impls import REGISTRY
 from reports.schema import KEY_COLUMNS, load_run, load_samples
 from suites.cases import plan
 from suites.config import BenchConfig
-from tests._cli import ROOT, Done, cli_env, describe, invoke_all, only_run_dir, read_csv
+from suites.memory import RSS_LIMIT_ENV
+from tests._cli import (
+    ROOT,
+    Done,
+    cli_env,
+    describe,
+    invoke,
+    invoke_all,
+    one_line_error,
+    only_run_dir,
+    read_csv,
+)
 
 FAULTS = ROOT / "tests" / "data" / "faulty_conv.py"
 TINY = "N=1,C_in=1,C_out=2,H=8,W=8"
@@ -77,6 +93,133 @@ def test_a_timeout_interrupts_a_case_without_isolation(jobs: dict[str, Done]) ->
     assert rows["sleeps"]["status"] == "timeout"
     assert "interrupted" in rows["sleeps"]["reason"]
     assert rows["builtin"]["status"] == "ok"
+
+
+PLANTED = """
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from impls import register_impl
+
+LEAKED = []
+
+
+def _conv(x, weight, bias, stride, padding):
+    return F.conv2d(x, weight, bias, stride=stride, padding=padding)
+
+
+def _witness(name):
+    with open({pids!r}, "a", encoding="utf-8") as f:
+        f.write(f"{{name}} {{os.getpid()}}\\n")
+
+
+@register_impl("conv", "exits")
+def conv2d_exits(x, weight, bias, stride, padding):
+    sys.exit(4)
+
+
+@register_impl("conv", "sticky")
+def conv2d_sticky(x, weight, bias, stride, padding):
+    _witness("sticky")
+    error = torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+    error.error_code = 700  # cudaErrorIllegalAddress
+    raise error
+
+
+@register_impl("conv", "witness")
+def conv2d_witness(x, weight, bias, stride, padding):
+    _witness("witness")
+    return _conv(x, weight, bias, stride, padding)
+
+
+@register_impl("conv", "leaky")
+def conv2d_leaky(x, weight, bias, stride, padding):
+    if not LEAKED:  # once per process: 300 MiB, touched, kept for good
+        LEAKED.append(torch.ones(300 << 18))
+    return _conv(x, weight, bias, stride, padding)
+"""
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Done]:
+    root = tmp_path_factory.mktemp("planted")
+    impl_file = root / "planted_conv.py"
+    impl_file.write_text(PLANTED.format(pids=str(root / "pids.txt")), encoding="utf-8")
+    common = ("--impl-file", impl_file, "--size", TINY, *FAST)
+    done = invoke_all(root, {
+        "in-process": ("bench", "conv", "--impl", "exits,sticky,im2col", "--no-isolate",
+                       "--mode", "fwd,fwdbwd", "--out", "{out}", *common),
+        "isolated": ("bench", "conv", "--impl", "exits,sticky,witness", "--isolate", "--out",
+                     "{out}", *common)})
+    out = root / "leaky"  # every worker replaced once it grew by 100 MiB
+    out.mkdir()
+    done["leaky"] = Done(invoke("bench", "conv", "--impl", "leaky", "--isolate", "--mode",
+                                "fwd,fwdbwd", "--out", out, *common, env={RSS_LIMIT_ENV: "100"}),
+                         out)
+    return done
+
+
+def test_sys_exit_in_a_case_is_an_error_row_and_the_run_goes_on(
+        planted: dict[str, Done]) -> None:
+    proc, run_dir = planted["in-process"].proc, planted["in-process"].run_dir
+    assert proc.returncode == 1, describe(proc)  # failed cases; not the 4 the case asked for
+    rows = read_csv(run_dir / "results.csv")[1]
+    status = {(r["impl"], r["mode"]): r["status"] for r in rows}
+    assert status == {(impl, mode): "ok" if impl in ("builtin", "im2col") else "error"
+                      for impl in ("builtin", "exits", "sticky", "im2col")
+                      for mode in ("fwd", "fwdbwd")}
+    reasons = {r["impl"]: r["reason"] for r in rows}
+    assert reasons["exits"].startswith("SystemExit: the implementation called sys.exit(4)")
+    # a lost CUDA context stops CUDA cases only: the CPU cases after it ran
+    assert reasons["sticky"].startswith("CUDA context lost"), reasons["sticky"]
+    meta = json.loads((run_dir / "meta.json").read_text(encoding="utf-8"))
+    assert meta["end_time"] and meta["status_counts"]["error"] == 4
+    assert all(float(r["peak_rss_bytes"]) > 100 << 20 for r in rows if r["status"] == "ok")
+
+
+def test_an_isolated_worker_is_replaced_after_a_lost_cuda_context(
+        planted: dict[str, Done]) -> None:
+    proc, run_dir = planted["isolated"].proc, planted["isolated"].run_dir
+    assert proc.returncode == 1, describe(proc)
+    rows = _rows(run_dir)
+    assert {impl: row["status"] for impl, row in rows.items()} == {
+        "builtin": "ok", "exits": "error", "sticky": "error", "witness": "ok"}
+    assert rows["sticky"]["reason"].startswith("CUDA context lost"), rows["sticky"]["reason"]
+    assert "sys.exit(4)" in rows["exits"]["reason"]  # the worker's guard caught it, too
+    calls = [line.split() for line in (run_dir.parent.parent / "pids.txt").read_text(
+        encoding="utf-8").splitlines()]
+    calls = [c for c in calls if c[1] != str(os.getpid())]  # the in-process run's are ours
+    sticky = {pid for name, pid in calls if name == "sticky"}
+    assert len(sticky) == 1 and calls[-1][0] == "witness" and calls[-1][1] not in sticky
+    assert all(float(row["peak_rss_bytes"]) > 0 for row in rows.values()
+               if row["status"] == "ok")
+
+
+def test_a_worker_that_grew_past_the_limit_is_recycled(planted: dict[str, Done]) -> None:
+    proc, run_dir = planted["leaky"].proc, planted["leaky"].run_dir
+    assert proc.returncode == 0, describe(proc)
+    rows = read_csv(run_dir / "results.csv")[1]
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    for row in rows:  # both groups: each in a worker that grew, each then replaced
+        assert "worker recycled: its RSS grew" in row["flags"], row["flags"]
+        assert "(limit 100 MiB" in row["flags"]
+    for row in (r for r in rows if r["impl"] == "leaky"):
+        # it leaks once per process: leaking again in the second group means a fresh worker
+        left = float(row["flags"].split("this case left ")[1].split(" MiB")[0])
+        assert left > 250, row["flags"]
+        assert float(row["peak_rss_bytes"]) > 300 << 20
+
+
+def test_an_impl_file_that_exits_as_it_imports_is_bad_input(tmp_path: Path) -> None:
+    impl_file = tmp_path / "exits_early.py"
+    impl_file.write_text("import sys\n\nsys.exit(3)\n", encoding="utf-8")
+    for command in (("bench", "conv", "--size", TINY, "--out", tmp_path), ("list", "conv")):
+        line = one_line_error(invoke(*command, "--impl-file", impl_file))
+        assert str(impl_file) in line and "sys.exit(3)" in line, line
+    assert not list(tmp_path.glob("*/results.csv"))
 
 
 def test_the_seed_replays_the_same_inputs_and_weights(jobs: dict[str, Done]) -> None:

@@ -18,16 +18,24 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 
-from reports.analysis import OTHER_OPS, op_shares, profile_table
+from reports.analysis import (
+    OTHER_OPS,
+    event_kinds,
+    op_shares,
+    profile_table,
+    self_time_column,
+    timed_ops,
+)
 from reports.profile_page import MEMORY_FILE, PAGE_FILE, SPANS_FILE, STEPS_FILE, write_run_pages
 from reports.schema import OPS_COLUMNS, PROFILE_DIR, load_ops, load_run, trace_name
 from suites import profile_run
-from suites.profiling import ProfileSettings, memory_use
+from suites.profiling import ProfileSettings, listed, memory_use, op_row
 from tests._cli import (
     Done,
     Outcome,
@@ -38,6 +46,7 @@ from tests._cli import (
     read_csv,
     run_cli,
 )
+from tests._profiles import GPU_KERNEL_US, gpu_ops
 
 N, C_IN, C_OUT, H, W, K = 2, 1, 4, 8, 8, 3
 TINY = f"N={N},C_in={C_IN},C_out={C_OUT},H={H},W={W},k={K},stride=1,padding=0"
@@ -266,6 +275,71 @@ def test_op_shares_split_each_case_into_top_operators_and_other() -> None:
     assert table.loc["a", "profiled_ms"] == pytest.approx(0.1)
     assert table.loc["b", "top_share"] == pytest.approx(0.5)
     assert table.loc["b", "peak_mem_mib"] == 1.0
+
+
+def test_a_gpu_case_counts_each_kernel_once(tmp_path: Path) -> None:
+    """Summing the operators' self device time and the kernels' would give 850 us: the 400 us
+    of the two launched kernels twice, and the unlaunched one once."""
+    ops = gpu_ops()
+    assert timed_ops(ops)["us"].sum() == pytest.approx(GPU_KERNEL_US)
+    assert set(timed_ops(ops)["op"]) == {"ampere_fp16_gemm", "softmax_warp_forward",
+                                         "triton_poi_fused_0"}
+    shares = op_shares(ops).set_index("op")["share"]
+    assert shares.to_dict() == pytest.approx({"ampere_fp16_gemm": 300 / 450,
+                                              "softmax_warp_forward": 100 / 450,
+                                              "triton_poi_fused_0": 50 / 450})
+    results = pd.DataFrame([{k: ops[k].iloc[0] for k in ("layer", "impl", "compile", "device",
+                                                           "dtype", "mode", "case")}
+                            | {"op_calls": 3.0, "peak_mem_bytes": 0.0, "median_ms": 0.4}])
+    table = profile_table(results, ops)
+    assert table["profiled_ms"].tolist() == pytest.approx([0.45])
+    assert table["top_op"].tolist() == ["ampere_fp16_gemm"]
+    # an ops.csv of an older run, without device_type: loads, and kernels are told by their
+    # lack of CPU time
+    ops.drop(columns="device_type").to_csv(tmp_path / "ops.csv", index=False)
+    old = load_ops(tmp_path)
+    assert old["device_type"].isna().all()
+    assert list(event_kinds(old)) == list(ops["device_type"])
+    assert profile_table(results, old)["profiled_ms"].tolist() == pytest.approx([0.45])
+    ops.to_csv(tmp_path / "ops.csv", index=False)
+    assert list(load_ops(tmp_path)["device_type"]) == list(ops["device_type"])
+
+
+def test_gpu_kernel_time_without_kernel_rows_and_cpu_time_elsewhere() -> None:
+    """The legacy profiler keeps kernel time on the operators (no kernel rows): theirs counts.
+    A CPU case in the same frame counts CPU time, whatever the GPU case does."""
+    legacy = gpu_ops(impl="legacy")
+    legacy = legacy[legacy["device_type"] == "cpu"]
+    cpu = gpu_ops(impl="cpu_case", device="cpu").assign(self_device_us=0.0, device_total_us=0.0)
+    cpu = cpu[cpu["device_type"] == "cpu"]
+    frame = timed_ops(pd.concat([gpu_ops(), legacy, cpu], ignore_index=True))
+    totals = frame.groupby("impl")["us"].sum()
+    assert totals.to_dict() == pytest.approx({"matmul": 450.0, "legacy": 400.0,
+                                              "cpu_case": 80.0})
+    assert self_time_column(cpu) == "self_cpu_us"
+    assert self_time_column(gpu_ops()) == "self_device_us"
+
+
+def test_an_ops_row_says_whether_it_is_an_operator_or_a_kernel(jobs: dict[str, Done]) -> None:
+    kernel = SimpleNamespace(key="ampere_fp16_gemm", count=6, self_cpu_time_total=0.0,
+                             cpu_time_total=0.0, self_device_time_total=600.0,
+                             device_time_total=600.0, self_cpu_memory_usage=0,
+                             device_type=torch.autograd.DeviceType.CUDA)
+    row = op_row(kernel, {"case": "c"}, steps=3)
+    assert row == {"case": "c", "op": "ampere_fp16_gemm", "calls": 2.0, "self_cpu_us": 0.0,
+                   "cpu_total_us": 0.0, "self_device_us": 200.0, "device_total_us": 200.0,
+                   "self_cpu_mem_bytes": 0.0, "device_type": "cuda"}
+    assert set(row) <= set(OPS_COLUMNS) and listed(kernel)
+    # a record_function range: its CPU event is listed, its copy on the GPU timeline (spanning
+    # kernels listed already) is not; nor is the profiler's step
+    cpu = torch.autograd.DeviceType.CPU
+    assert listed(SimpleNamespace(key="attention", device_type=cpu, is_user_annotation=True))
+    assert not listed(SimpleNamespace(key="attention", device_type=kernel.device_type,
+                                      is_user_annotation=True))
+    assert not listed(SimpleNamespace(key="ProfilerStep#2", device_type=cpu,
+                                      is_user_annotation=False))
+    _, rows = read_csv(jobs["im2col"].run_dir / "ops.csv")  # a real CPU profile
+    assert rows and {r["device_type"] for r in rows} == {"cpu"}
 
 
 def _free_port() -> int:

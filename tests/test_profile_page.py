@@ -18,6 +18,7 @@ from reports.profile_page import case_page, per_call_text
 from reports.schema import OPS_COLUMNS
 from reports.timeline import SPAN_COLUMNS, draw_timeline, first_step, nesting, step_ms
 from suites.profiling import quietly
+from tests._profiles import GPU_ROWS, gpu_ops
 
 MARKER = b"USDT:2026-12-07 22:02:51 18892:18892 SyncActivityProfilerHandler.cpp:52] profiler_"
 
@@ -117,3 +118,27 @@ def test_a_case_whose_profiler_failed_gets_a_page_saying_so(tmp_path: Path) -> N
     ops = _ops([1.0]).assign(op="<profiler failed>", note="RuntimeError: no kineto")
     page = case_page(tmp_path, ops.iloc[:1], tmp_path / "index.html").read_text()
     assert "The profiler failed on this case: RuntimeError: no kineto" in page
+
+
+#: an operator and its kernel, and a kernel of its own: 400 us of kernels, 700 us in all
+GPU_CASE = GPU_ROWS[:1] + GPU_ROWS[3:5]
+
+
+def test_a_gpu_page_totals_the_kernels_once_and_marks_each_row(tmp_path: Path) -> None:
+    page = case_page(tmp_path, gpu_ops(GPU_CASE), tmp_path / "index.html").read_text()
+    facts = page[:page.index("<h2>")]
+    assert "<dt>GPU time per call</dt><dd>400 us</dd>" in facts  # not 700: each kernel once
+    table = page[page.index("<h2>Operators</h2>"):]
+    assert ">on<" in table and ">cuda<" in table and ">cpu<" in table
+    assert "the case's GPU time is the sum over the kernels" in table
+    cpu_page = case_page(tmp_path, _ops([5.0]), tmp_path / "cpu.html").read_text()
+    assert "GPU time per call" not in cpu_page and ">on<" not in cpu_page
+
+
+def test_the_operator_table_marks_kernels_on_a_gpu() -> None:
+    console = Console(width=200, record=True)
+    console.print(ops_table(gpu_ops(GPU_CASE), 10, "attention/matmul c"))
+    rows = [[cell.strip() for cell in line.split(line[0])[1:-1]]
+            for line in console.export_text().splitlines() if line[:1] in "┃│" and line]
+    on = {row[0]: row[rows[0].index("on")] for row in rows[1:]}
+    assert on == {"aten::bmm": "cpu", "ampere_fp16_gemm": "cuda", "softmax_warp_forward": "cuda"}
