@@ -12,6 +12,8 @@ import torch
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune",
                  "max-autotune-no-cudagraphs")
+#: modes whose compiled code runs as CUDA graphs on a GPU (replays from a private memory pool)
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -46,6 +48,11 @@ def reset_compiler() -> None:
     """Forget every compiled graph and guard (dynamo's caches), after warming the compiler."""
     _warm_compiler()
     torch._dynamo.reset()
+
+
+def graphed_on(mode: str, device_kind: str) -> bool:
+    """Whether ``mode`` runs the compiled code as CUDA graphs on ``device_kind``."""
+    return mode in CUDA_GRAPH_MODES and device_kind == "cuda"
 
 
 def compiled(fn: Callable[..., Any], mode: str, reset: bool = True) -> Callable[..., Any]:

@@ -31,7 +31,7 @@ from reports.profile_page import TRACE_FILE
 from reports.record import Case, CaseResult, Samples
 from reports.schema import TIMED
 from suites.budget import predict
-from suites.compilation import compiled, reset_compiler
+from suites.compilation import compiled, graphed_on, reset_compiler
 from suites.config import BenchConfig, TimingConfig
 from suites.correctness import TOLERANCES, Call, bind, check, make_trial, tolerance_key
 from suites.devices import Device, device, tf32_flags
@@ -222,10 +222,13 @@ def _prepare(case: Case, config: BenchConfig, result: CaseResult) -> _Prepared |
     result.grad_max_abs_err, result.grad_rel_err = verdict.grad_max_abs_err, verdict.grad_rel_err
     if not verdict.ok:
         result.status, result.reason = "incorrect", "; ".join(verdict.problems)
-    step = bind(fn, trial)
+    step = bind(fn, trial, static_inputs=graphed_on(case.compile, where.kind))
     contestant = sampler(step, where, config.timing)
     contestant.anchor = case == case.baseline
     return _Prepared(contestant, step, first_call_s)
+
+
+GRAPH_POOL_TAG = "graph pool"
 
 
 def _finish(result: CaseResult, prepared_case: _Prepared, group_id: int,
@@ -240,8 +243,10 @@ def _finish(result: CaseResult, prepared_case: _Prepared, group_id: int,
     result.busy_cores = contestant.meter.busy_cores
     if not math.isnan(prepared_case.first_call_s):
         result.compile_s = max(prepared_case.first_call_s - result.median_s, 0.0)
-    peak = _guarded(result, guard, where.peak_memory_bytes, prepared_case.step)
-    if peak is not None:
+    if graphed_on(result.case.compile, where.kind):  # allocated once, in the graph's pool
+        result.flags.append(f"{GRAPH_POOL_TAG}: peak memory not measured: --compile "
+                            f"{result.case.compile} replays a CUDA graph from its private pool")
+    elif (peak := _guarded(result, guard, where.peak_memory_bytes, prepared_case.step)) is not None:
         result.peak_mem_bytes = peak
     if where.event_timing and result.status in TIMED:
         wall = _guarded(result, guard, wall_per_call, prepared_case.step, where, timing.block_s)
