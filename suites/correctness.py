@@ -207,8 +207,40 @@ def _reference(layer: Layer, params: Params, seed: int, dtype: torch.dtype,
     return found
 
 
+#: what a float64 reference may hold at once, in multiples of its minimum traffic (inputs,
+#: weights, outputs and gradients once): the clean copy of the inputs, autograd's saved
+#: intermediates (attention's scores), the outputs
+REFERENCE_FOOTPRINT = 4
+
+
+def host_memory_available() -> int | None:
+    """Bytes the kernel says a new allocation can take without swapping (``MemAvailable``);
+    None where it does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reference_fits(layer: Layer, params: Params, mode: str) -> None:
+    """Raise ``MemoryError`` (the case becomes ``oom``) when the float64 reference, computed on
+    the host whatever the case's device, would not fit the host's available memory: a size
+    that fills a GPU would otherwise get the whole process killed by the kernel's OOM killer
+    before the GPU says anything."""
+    available = host_memory_available()
+    need = REFERENCE_FOOTPRINT * layer.bytes_moved(params, torch.float64, mode)
+    if available is not None and need > available:
+        raise MemoryError(f"the float64 reference needs about {need / 2**30:.3g} GiB of host "
+                          f"memory, {available / 2**30:.3g} GiB available")
+
+
 def _new_reference(layer: Layer, params: Params, seed: int, dtype: torch.dtype,
                    mode: str) -> _Reference:
+    reference_fits(layer, params, mode)
     generator = torch.Generator().manual_seed(seed)
     # rounded to dtype and back: float64 holds every value of the lower precisions exactly
     ref = layer.make_inputs(params, generator).to(dtype, "cpu").to(torch.float64, "cpu",
