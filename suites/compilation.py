@@ -33,20 +33,21 @@ def use_project_cache() -> Path:
 
 
 @functools.cache
-def _warm_compiler() -> None:
-    """Compile a trivial function once per process.
+def _warm_compiler(kind: str = "cpu") -> None:
+    """Compile a trivial function once per process and device kind.
 
     The first compilation in a process also pays for importing and initialising dynamo and
-    inductor (seconds); without this, that one-time cost would land in the first case's
-    ``compile_s``.
+    inductor (seconds), and the first on a GPU for Triton and its CUDA context; without this,
+    that one-time cost would land in the first case's ``compile_s``.
     """
-    torch.compile(lambda t: t * 2 + 1)(torch.ones(4))
+    torch.compile(lambda t: t * 2 + 1)(torch.ones(4, device=kind))
     torch._dynamo.reset()
 
 
-def reset_compiler() -> None:
-    """Forget every compiled graph and guard (dynamo's caches), after warming the compiler."""
-    _warm_compiler()
+def reset_compiler(device: str = "cpu") -> None:
+    """Forget every compiled graph and guard (dynamo's caches), after warming the compiler for
+    ``device``'s kind."""
+    _warm_compiler(device.partition(":")[0])
     torch._dynamo.reset()
 
 
@@ -55,7 +56,8 @@ def graphed_on(mode: str, device_kind: str) -> bool:
     return mode in CUDA_GRAPH_MODES and device_kind == "cuda"
 
 
-def compiled(fn: Callable[..., Any], mode: str, reset: bool = True) -> Callable[..., Any]:
+def compiled(fn: Callable[..., Any], mode: str, reset: bool = True,
+             device: str = "cpu") -> Callable[..., Any]:
     """``fn`` itself for ``mode == "none"``, else a fresh ``torch.compile`` of it.
 
     With ``reset``, dynamo is reset first so one implementation's guards and graphs never leak
@@ -67,7 +69,7 @@ def compiled(fn: Callable[..., Any], mode: str, reset: bool = True) -> Callable[
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r} (choose from {', '.join(COMPILE_MODES)})")
     if reset:
-        reset_compiler()
+        reset_compiler(device)
     else:
-        _warm_compiler()
+        _warm_compiler(device.partition(":")[0])
     return torch.compile(fn, mode=None if mode == "default" else mode, fullgraph=False)

@@ -141,7 +141,7 @@ def execute_group(group: list[Case], config: BenchConfig, profile_root: Path | N
     results = [new_result(case, config) for case in group]
     where = device(group[0].device)
     if any(case.compile != "none" for case in group):
-        reset_compiler()  # once per group: the group's compiled functions live side by side
+        reset_compiler(group[0].device)  # once per group: its compiled functions live side by side
     ready: dict[int, _Prepared] = {}
     try:
         with torch.set_grad_enabled(group[0].mode != "fwd"), where.selected():
@@ -156,13 +156,14 @@ def execute_group(group: list[Case], config: BenchConfig, profile_root: Path | N
             group_id = int.from_bytes(os.urandom(6), "little")
             for i, prepared_case in ready.items():
                 _finish(results[i], prepared_case, group_id, guard(i), where, config.timing)
+            if config.profile and profile_root is not None:  # the steps just timed, compiled
+                for i, prepared_case in ready.items():
+                    if results[i].status in TIMED:
+                        _guarded(results[i], guard(i), _profile, results[i], config.seed,
+                                 profile_root, prepared_case.step)
     finally:
         ready.clear()
         where.release_memory()
-    if config.profile and profile_root is not None:
-        for i, result in enumerate(results):
-            if result.status in TIMED:
-                _guarded(result, guard(i), _profile, result, config.seed, profile_root)
     return results
 
 
@@ -206,7 +207,7 @@ def _prepare(case: Case, config: BenchConfig, result: CaseResult) -> _Prepared |
         if prediction.case_s > config.budget_s:
             result.status, result.reason = "skipped", prediction.reason(config.budget_s)
             return None
-    fn = compiled(impl.fn, case.compile, reset=False)
+    fn = compiled(impl.fn, case.compile, reset=False, device=case.device)
     seeds = [config.seed + i for i in range(config.trials)]
     first_call_s = NAN
     if case.compile != "none":  # the first call compiles; time it alone
@@ -254,12 +255,14 @@ def _finish(result: CaseResult, prepared_case: _Prepared, group_id: int,
             result.wall_s = wall
 
 
-def _profile(result: CaseResult, seed: int, profile_root: Path) -> None:
-    """``result``'s case under the profiler: its traces and page files into
-    ``profile_root/<trace_name>/``, its operators and calls into ``result``."""
+def _profile(result: CaseResult, seed: int, profile_root: Path, step: Call) -> None:
+    """``result``'s case under the profiler (``step``: the call the timing took, compiled
+    already, so the profile pass never compiles again within the case's --timeout): its traces
+    and page files into ``profile_root/<trace_name>/``, its operators and calls into
+    ``result``."""
     case, case_dir = result.case, profile_root / trace_name(result.case)
     try:
-        found = profile_one(case, seed, case_dir, chrome_trace=case_dir / TRACE_FILE)
+        found = profile_one(case, seed, case_dir, chrome_trace=case_dir / TRACE_FILE, step=step)
         found.write(case_dir)
     except CaseLost:
         raise
@@ -292,8 +295,9 @@ def _size_key(case: Case) -> tuple[str, ...]:
 
 def profile_one(case: Case, seed: int, trace_dir: Path,
                 settings: ProfileSettings | None = None,
-                chrome_trace: Path | None = None) -> CaseProfile:
-    """``case`` under the profiler, in a pass of its own (never part of the timing).
+                chrome_trace: Path | None = None, step: Call | None = None) -> CaseProfile:
+    """``case`` under the profiler, in a pass of its own (never part of the timing): ``step``
+    where given (a call already set up and compiled), else a fresh one (``prepared``).
 
     Naive loops get ``NAIVE_SETTINGS`` unless ``settings`` says otherwise: one recorded call.
     """
@@ -302,8 +306,8 @@ def profile_one(case: Case, seed: int, trace_dir: Path,
     where = device(case.device)
     try:
         with torch.set_grad_enabled(case.mode != "fwd"), where.selected():
-            return profile_case(prepared(case, seed), case, case.label, trace_dir, settings,
-                                chrome_trace)
+            return profile_case(step or prepared(case, seed), case, case.label, trace_dir,
+                                settings, chrome_trace)
     finally:
         where.release_memory()
 
@@ -314,7 +318,7 @@ def prepared(case: Case, seed: int) -> Call:
     (``torch.set_grad_enabled(case.mode != "fwd")``)."""
     layer, impl = REGISTRY.layer(case.layer), REGISTRY.impl(case.layer, case.impl)
     trial = make_trial(layer, case.size, seed, DTYPE_NAMES[case.dtype], case.device, case.mode)
-    return bind(compiled(impl.fn, case.compile), trial)
+    return bind(compiled(impl.fn, case.compile, device=case.device), trial)
 
 
 def _failure(exc: BaseException) -> tuple[str, str]:

@@ -13,7 +13,7 @@ from reports.record import CaseResult
 from suites import runner
 from suites.cases import new_case
 from suites.compilation import graphed_on
-from suites.config import TimingConfig
+from suites.config import BenchConfig, TimingConfig
 from suites.correctness import bind, make_trial
 from suites.presets import notes_size
 from suites.rounds import Contestant
@@ -71,3 +71,37 @@ def test_graph_pool_memory_is_flagged_not_read(compile_mode: str, measured: bool
     assert (result.peak_mem_bytes == 123) == measured
     flagged = [f for f in result.flags if f.startswith(runner.GRAPH_POOL_TAG)]
     assert bool(flagged) != measured
+
+
+def test_the_compiler_is_warmed_up_on_the_cases_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from suites import compilation
+
+    warmed: list[str] = []
+    monkeypatch.setattr(compilation, "_warm_compiler", warmed.append)
+    compilation.reset_compiler("cuda:1")
+    compilation.compiled(lambda t: t, "default", reset=False, device="cuda")
+    compilation.compiled(lambda t: t, "default", reset=False)
+    assert warmed == ["cuda", "cuda", "cpu"]
+
+
+def test_the_profile_pass_reuses_the_timed_call(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: object) -> None:
+    """bench --profile profiles the step it timed: nothing is compiled (or set up) again
+    inside the case's --timeout."""
+    made: list[str] = []
+    real = runner.compiled
+
+    def counting(fn: object, mode: str, **kwargs: object) -> object:
+        made.append(mode)
+        return real(fn, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "compiled", counting)
+    group = [new_case("conv", impl, "none", SMALL, "cpu", "float32", "fwd")
+             for impl in ("builtin", "im2col")]
+    config = BenchConfig(layers=("conv",), profile=True,
+                         timing=TimingConfig(min_time_s=0.0, max_time_s=0.01))
+    results = runner.execute_group(group, config, tmp_path,  # type: ignore[arg-type]
+                                   lambda i: contextlib.nullcontext())
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert all(r.op_calls > 0 for r in results)  # profiled
+    assert made == ["none", "none"]  # once per case: the timing's
