@@ -188,3 +188,37 @@ def test_cuda_graph_timing_replays_the_call() -> None:
     assert contestant.take() > 0
     torch.cuda.synchronize()
     assert torch.allclose(out, x @ x, rtol=1e-3, atol=1e-3)
+
+
+def test_cuda_rows_carry_wall_time_and_per_library_tf32(cuda_run: Path) -> None:
+    _, rows = read_csv(cuda_run / "results.csv")
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok and all(float(r["wall_ms"]) > 0 for r in ok)
+    tf32 = {r["impl"]: r["tf32"] for r in ok}
+    # torch's defaults: cuDNN convolutions may use TF32, cuBLAS stays at float32
+    where = device("cuda")
+    assert tf32["builtin"] == str(int(where.uses_tf32(torch.float32, ("cudnn_conv",))))
+    assert tf32["im2col"] == str(int(where.uses_tf32(torch.float32, ("cublas",))))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 1, reason="needs a CUDA GPU")
+def test_an_isolated_oom_on_cuda_is_a_row_and_the_run_goes_on(tmp_path: Path) -> None:
+    greedy = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_oom_impl.py"
+    proc = run_cli("bench", "conv", "--device", "cuda:0", "--impl", "builtin,greedy",
+                   "--isolate", "--impl-file", greedy, "--size", "N=1,C_in=1,C_out=2",
+                   "--min-time", "0.02", "--quiet", "--no-report", "--out", tmp_path, timeout=300)
+    assert proc.returncode == 0, describe(proc)
+    _, rows = read_csv(only_run_dir(tmp_path) / "results.csv")
+    assert {r["impl"]: r["status"] for r in rows} == {"builtin": "ok", "greedy": "oom"}
+    assert all(r["device"] == "cuda:0" for r in rows)
+
+
+def test_profiled_cuda_time_counts_each_kernel_once(tmp_path: Path) -> None:
+    proc = run_cli("bench", "conv", "--device", "cuda", "--impl", "builtin,im2col", "--size",
+                   "N=8,C_in=8,C_out=16", "--profile", "--min-time", "0.02", "--quiet",
+                   "--no-report", "--out", tmp_path, timeout=300)
+    assert proc.returncode == 0, describe(proc)
+    _, ops = read_csv(only_run_dir(tmp_path) / "ops.csv")
+    kernels = [o for o in ops if o["device_type"] == "cuda"]
+    assert kernels and all(float(o["self_device_us"]) >= 0 for o in kernels)
+    assert {o["device_type"] for o in ops} <= {"cpu", "cuda"}
