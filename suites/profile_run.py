@@ -102,7 +102,7 @@ def profile(options: ProfileOptions) -> int:
         with torch.set_grad_enabled(options.mode != "fwd"):
             result = profile_one(case, options.seed, run_dir / "tb" / trace_name(case), settings,
                                  chrome_trace=run_dir / "trace.json")
-    except Exception as exc:  # the implementation failed: say so, like a bench error row
+    except (Exception, SystemExit) as exc:  # it failed, or called sys.exit: like an error row
         say(f"error: {layer}/{options.impl} failed under the profiler: "
             f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}", stderr=True)
         return EXIT_FAILED

@@ -180,6 +180,15 @@ def test_sys_exit_in_a_case_is_an_error_row_and_the_run_goes_on(
     assert all(float(r["peak_rss_bytes"]) > 100 << 20 for r in rows if r["status"] == "ok")
 
 
+def test_sys_exit_under_the_profiler_is_a_failure_not_the_exit_code(
+        planted: dict[str, Done], tmp_path: Path) -> None:
+    impl_file = planted["in-process"].out.parent / "planted_conv.py"
+    proc = invoke("profile", "conv", "--impl", "exits", "--impl-file", impl_file, "--size", TINY,
+                  "--out", tmp_path)
+    assert proc.returncode == 1, describe(proc)
+    assert "error: conv/exits failed under the profiler: SystemExit: 4" in proc.stderr
+
+
 def test_an_isolated_worker_is_replaced_after_a_lost_cuda_context(
         planted: dict[str, Done]) -> None:
     proc, run_dir = planted["isolated"].proc, planted["isolated"].run_dir
