@@ -70,6 +70,14 @@ def time_ms(ms: float) -> str:
     return f"{plain(ms / 3600e3)} h"
 
 
+def time_unit(largest_us: float) -> tuple[str, float]:
+    """One unit for a column of times up to ``largest_us``, and its size in us: us below 1 ms,
+    ms below 10 s, s above."""
+    if largest_us < 1e3:
+        return "us", 1.0
+    return ("ms", 1e3) if largest_us < 1e7 else ("s", 1e6)
+
+
 def seconds(s: float) -> str:
     return time_ms(s * 1e3)
 

@@ -23,8 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 from reports.analysis import MARK_LEGEND, best_per_size, event_kinds, mark, marks
-from reports.columns import count, plain, size_bytes
-from reports.profile_page import time_unit
+from reports.columns import count, plain, size_bytes, time_unit
 from reports.record import Case, CaseResult
 from reports.style import format_seconds, speedup_text, variant, variants
 

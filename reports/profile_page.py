@@ -31,7 +31,7 @@ import pandas as pd
 
 from reports import html
 from reports.analysis import event_kinds, self_time_column, timed_ops
-from reports.columns import Col, plain, present, size_bytes, time_ms
+from reports.columns import Col, plain, present, size_bytes, time_ms, time_unit
 from reports.schema import KEY_COLUMNS, PROFILE_DIR, load_ops, trace_name
 from reports.style import variant
 from reports.timeline import SPAN_COLUMNS, draw_timeline, first_step, spans_from_trace, step_ms
@@ -255,14 +255,6 @@ def ops_frame(ops: pd.DataFrame) -> pd.DataFrame:
         frame["device_type"] = event_kinds(ops)
     frame["self_cpu_mem_bytes"] = number["self_cpu_mem_bytes"]
     return pd.DataFrame(frame).reset_index(drop=True)
-
-
-def time_unit(largest_us: float) -> tuple[str, float]:
-    """The unit to show times up to ``largest_us`` in, and its size in us: us below 1 ms, ms
-    below 10 s, s above."""
-    if largest_us < 1e3:
-        return "us", 1.0
-    return ("ms", 1e3) if largest_us < 1e7 else ("s", 1e6)
 
 
 def per_call_text(step_times_ms: Sequence[float]) -> str:

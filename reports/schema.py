@@ -195,10 +195,7 @@ def exit_code(results: pd.DataFrame) -> int:
 def load_samples(run_dir: str | Path) -> pd.DataFrame:
     """``samples.csv`` (one row per timing sample, in seconds per call); empty if none."""
     path = Path(run_dir) / "samples.csv"
-    frame = _optional_table(path, [c for c in SAMPLE_COLUMNS if c not in OPTIONAL_SAMPLE_COLUMNS])
-    for column in OPTIONAL_SAMPLE_COLUMNS:
-        if column not in frame.columns:
-            frame[column] = math.nan
+    frame = _optional_table(path, SAMPLE_COLUMNS, optional=OPTIONAL_SAMPLE_COLUMNS)
     if len(frame) and not pd.api.types.is_numeric_dtype(frame["seconds"]):
         raise RunDataError(f"{path}: non-numeric seconds")
     return frame
@@ -207,19 +204,16 @@ def load_samples(run_dir: str | Path) -> pd.DataFrame:
 def load_ops(run_dir: str | Path) -> pd.DataFrame:
     """``ops.csv`` (operators per profiled case, per call of the case); empty if not profiled.
     A column of ``OPTIONAL_OPS_COLUMNS`` an older run lacks loads empty."""
-    frame = _optional_table(Path(run_dir) / "ops.csv",
-                            [c for c in OPS_COLUMNS if c not in OPTIONAL_OPS_COLUMNS],
-                            {c: str for c in (*KEY_COLUMNS, "profiled_case", "op", "note",
-                                              "device_type")})
-    for column in OPTIONAL_OPS_COLUMNS:
-        if column not in frame.columns:
-            frame[column] = math.nan
-    return frame
+    return _optional_table(Path(run_dir) / "ops.csv", OPS_COLUMNS,
+                           {c: str for c in (*KEY_COLUMNS, "profiled_case", "op", "note",
+                                             "device_type")}, optional=OPTIONAL_OPS_COLUMNS)
 
 
-def _optional_table(path: Path, columns: Sequence[str],
-                    dtype: dict[str, type] | None = None) -> pd.DataFrame:
-    """A CSV a run may lack: empty with ``columns`` when absent; ``RunDataError`` when bad."""
+def _optional_table(path: Path, columns: Sequence[str], dtype: dict[str, type] | None = None,
+                    optional: Sequence[str] = ()) -> pd.DataFrame:
+    """A CSV a run may lack: empty with ``columns`` when absent; ``RunDataError`` when bad or
+    missing one of ``columns`` other than the ``optional`` ones (added since: empty when
+    absent)."""
     if not path.is_file() or path.stat().st_size == 0:
         return pd.DataFrame(columns=list(columns))
     try:
@@ -227,6 +221,9 @@ def _optional_table(path: Path, columns: Sequence[str],
     except (OSError, UnicodeDecodeError, pd.errors.ParserError,
             pd.errors.EmptyDataError) as exc:
         raise RunDataError(f"{path}: unreadable ({exc})") from None
-    if missing := [c for c in columns if c not in frame.columns]:
+    if missing := [c for c in columns if c not in frame.columns and c not in optional]:
         raise RunDataError(f"{path}: missing column(s) {', '.join(missing)}")
+    for column in optional:
+        if column not in frame.columns:
+            frame[column] = math.nan
     return frame

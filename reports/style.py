@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from reports import columns
 from reports.schema import BASELINE_IMPL
 
 #: the baseline's colour, the same in every run
@@ -103,14 +104,9 @@ def variant(impl: str, compile_mode: str) -> str:
 
 
 def format_seconds(seconds: float) -> str:
-    """``0.000012`` -> ``12 us``, ``5.93`` -> ``5.93 s``, ``1800`` -> ``30 min``; nan -> ``-``."""
-    if seconds != seconds:
-        return "-"
-    for unit, scale, below in (("us", 1e-6, 1e-3), ("ms", 1e-3, 1.0), ("s", 1.0, 120.0),
-                               ("min", 60.0, 7200.0)):
-        if seconds < below:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds / 3600:.3g} h"
+    """``0.000012`` -> ``12 us``, ``5.93`` -> ``5.93 s``, ``1800`` -> ``30 min``; nan -> ``-``
+    (``reports.columns``' units, which never fall into scientific notation)."""
+    return "-" if seconds != seconds else columns.seconds(seconds)
 
 
 def format_count(n: float, unit: str) -> str:

@@ -44,6 +44,7 @@ OOM_MESSAGE = re.compile(r"out of memory|\bCU[A-Z]+_[A-Z_]*ALLOC[A-Z_]*FAILED\b|
                          r"can(?:no|')t allocate memory|std::bad_alloc", re.IGNORECASE)
 CHAIN_LIMIT = 32  # exceptions looked at per failure: chains are short; cycles are cut anyway
 REASON_CHARS = 500
+NOTE_CHARS = 320  # an exception in a note (a failed profile): its type and message's start
 
 
 def classify(exc: BaseException) -> tuple[str, str]:

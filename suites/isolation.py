@@ -30,7 +30,7 @@ from typing import Any
 
 from reports.schema import device_kind
 from suites.config import BenchConfig
-from suites.faults import context_lost, exit_reason
+from suites.faults import context_lost, describe, exit_reason
 from suites.memory import CaseMemory, rss_bytes, worker_rss_limit
 
 WORKER_START_S = 300.0  # importing torch and the user's files; generous on a loaded machine
@@ -261,9 +261,8 @@ def timeout_reason(limit_s: float, isolated: bool) -> str:
 def lost_context(case: Any, exc: BaseException, what: str) -> str:
     """The reason of a CUDA case that ``what`` (``not run``, ``cut short``, ``result lost``) in
     this process after ``case`` met ``exc``, a sticky CUDA error."""
-    error = " ".join(str(exc).split())[:120]
     return (f"{what}: {'/'.join(map(str, getattr(case, 'key', (case,))))} lost this "
-            f"process's CUDA context ({type(exc).__name__}: {error}); every CUDA call here "
+            f"process's CUDA context ({describe(exc, 160)}); every CUDA call here "
             "now fails. Rerun with --isolate: each size group then runs in a worker process, "
             "replaced after such an error")
 

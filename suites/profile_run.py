@@ -30,6 +30,7 @@ from suites.cases import new_case
 from suites.compilation import COMPILE_MODES, use_project_cache
 from suites.config import BenchConfig, ProfileOptions
 from suites.environment import machine_info
+from suites.faults import NOTE_CHARS, describe
 from suites.presets import notes_size
 from suites.profiling import (
     NAIVE_SETTINGS,
@@ -104,7 +105,7 @@ def profile(options: ProfileOptions) -> int:
                                  chrome_trace=run_dir / "trace.json")
     except (Exception, SystemExit) as exc:  # it failed, or called sys.exit: like an error row
         say(f"error: {layer}/{options.impl} failed under the profiler: "
-            f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}", stderr=True)
+            f"{describe(exc, NOTE_CHARS)}", stderr=True)
         return EXIT_FAILED
     _write(run_dir, case, result, config, settings, options.top)
     return EXIT_OK

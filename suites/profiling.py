@@ -153,7 +153,7 @@ def profile_case(step: Callable[[], Any], case: Case, profiled_label: str, trace
     top_level = sum(1 for e in prof.events()
                     if e.cpu_parent is not None and e.cpu_parent.name.startswith(STEP_PREFIX))
     events = list(prof.profiler.kineto_results.events())
-    peak, timeline = _memory_use(events, device_type=where.memory_event_type())
+    peak, timeline = memory_use(events, device_type=where.memory_event_type())
     spans = _spans(events)
     return CaseProfile(ops=ops, op_calls=top_level / steps, peak_mem_bytes=peak,
                        memory=timeline, step_ms=step_ms(spans), spans=first_step(spans),
@@ -240,19 +240,16 @@ def _spans(events: list[Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(SPAN_COLUMNS))
 
 
-def memory_use(prof: Any, device_type: DeviceType) -> tuple[float, list[tuple[float, float]]]:
+def memory_use(events: list[Any],
+               device_type: DeviceType) -> tuple[float, list[tuple[float, float]]]:
     """Peak bytes held beyond the start of a call, over the recorded calls; the first call's
     allocation timeline as (ms since the call started, bytes held).
 
-    Built from the profiler's ``[memory]`` events (``profile_memory=True``): each is one
-    allocation (positive bytes) or free (negative) on a device; their running sum inside a
-    ``ProfilerStep`` is what the call holds on top of what existed before it.
+    Built from the profiler's ``[memory]`` events (``profile_memory=True``, the kineto events
+    of the profile): each is one allocation (positive bytes) or free (negative) on a device;
+    their running sum inside a ``ProfilerStep`` is what the call holds on top of what existed
+    before it.
     """
-    return _memory_use(list(prof.profiler.kineto_results.events()), device_type)
-
-
-def _memory_use(events: list[Any],
-                device_type: DeviceType) -> tuple[float, list[tuple[float, float]]]:
     steps = sorted((e.start_ns(), e.start_ns() + e.duration_ns()) for e in events
                    if e.name().startswith(STEP_PREFIX))
     allocations = sorted((e.start_ns(), e.nbytes()) for e in events

@@ -35,7 +35,7 @@ from suites.compilation import compiled, graphed_on, reset_compiler
 from suites.config import BenchConfig, TimingConfig
 from suites.correctness import TOLERANCES, Call, bind, check, make_trial, tolerance_key
 from suites.devices import Device, device, tf32_flags
-from suites.faults import classify, exit_reason
+from suites.faults import NOTE_CHARS, classify, describe, exit_reason
 from suites.interference import interference
 from suites.isolation import CaseLost, InProcess, Lost, executor
 from suites.profiling import (
@@ -126,10 +126,10 @@ def judge(result: CaseResult, config: BenchConfig, known: Mapping[Case, Samples]
                        f" (n={len(result.samples.seconds)})")
     if disturbed := interference(result.busy_cores, result.threads, device(case.device).kind):
         reasons.append(disturbed)
-    result.flags = [*reasons, *(f for f in result.flags if not f.startswith(INSTABILITY_TAGS))]
+    judged = (*INSTABILITY_TAGS, LAUNCH_BOUND_TAG)  # decided here again when judged again
+    result.flags = [*reasons, *(f for f in result.flags if not f.startswith(judged))]
     result.stable = not reasons
-    samples = result.samples  # judged again (a resumed run): one launch_bound flag at most
-    result.flags = [f for f in result.flags if not f.startswith(LAUNCH_BOUND_TAG)]
+    samples = result.samples
     if bound := launch_bound(result.wall_s, samples.interval.hi, samples.median_s):
         result.flags.append(bound)
 
@@ -268,7 +268,7 @@ def _profile(result: CaseResult, seed: int, profile_root: Path, step: Call) -> N
         raise
     except Exception as exc:  # a profiler failure must not lose the timing row
         result.ops = [{**ops_key(case, case.label), "op": "<profiler failed>",
-                       "note": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}]
+                       "note": describe(exc, NOTE_CHARS)}]
     else:
         result.ops, result.op_calls = found.ops, found.op_calls
         if math.isnan(result.peak_mem_bytes):  # measured in the timing pass where it can be

@@ -246,7 +246,8 @@ def test_memory_use_sees_an_allocation_and_its_release() -> None:
         for _ in range(ProfileSettings(wait=0, warmup=1, active=2).calls):
             step()
             prof.step()
-    peak, timeline = memory_use(prof, torch.autograd.DeviceType.CPU)
+    peak, timeline = memory_use(list(prof.profiler.kineto_results.events()),
+                                torch.autograd.DeviceType.CPU)
     assert nbytes <= peak < nbytes + 2**16
     held = [b for _, b in timeline]
     assert max(held) == pytest.approx(peak, rel=0.05) and held[-1] == 0  # freed by the end
