@@ -1,10 +1,8 @@
-"""layerbench command line: ``python cli.py bench conv --device cuda``.
-
-Each command only declares its options (the shared ones declared once, below), builds a frozen
-options object and makes one call into ``suites`` or ``reports``, which return the exit code.
-Exit codes (``reports.outcome``): 0 success; 1 a wrong implementation, an error or a
-regression; 2 bad usage or input (one line on stderr, no traceback); 130 interrupted.
-"""
+"""layerbench command line: ``python cli.py bench conv --device cuda``. Each command declares its
+options (shared ones once, below), builds a frozen options object and makes one call into
+``suites`` or ``reports``, which return the exit code (``reports.outcome``): 0 success; 1 a wrong
+implementation, an error or a regression; 2 bad usage or input (one line on stderr); 130
+interrupted."""
 
 from __future__ import annotations
 
@@ -14,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from reports.merge import merge
 
 from impls import DTYPE_NAMES, MODES
 from reports.check import rebuild_noise
@@ -22,7 +21,7 @@ from reports.outcome import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from reports.report import report
 from suites.baseline import check, measure_like
 from suites.compilation import COMPILE_MODES
-from suites.config import BenchOptions, CheckOptions, ProfileOptions, RunOptions
+from suites.config import BenchOptions, CheckOptions, ExecutorOptions, ProfileOptions, RunOptions
 from suites.profile_run import profile
 from suites.session import bench, calibrate, list_implementations
 from suites.timing import steady_malloc
@@ -78,17 +77,16 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 
 
 def option(flag: str, name: str | None = None, **overrides: Any) -> Decorator:
-    """The shared option ``flag``, with ``overrides`` of its declaration (``name``: of the
-    parameter it fills)."""
+    """The shared option ``flag``, ``overrides`` applied (``name``: the parameter it fills)."""
     names, declared = OPTIONS[flag]
     return click.option(flag, *((name,) if name else names), **{**declared, **overrides})
 
 
-def options(*flags: str) -> Decorator:
-    """Several shared options at once, in the order given."""
+def options(*flags: str, overrides: dict[str, dict[str, Any]] | None = None) -> Decorator:
+    """Several shared options at once, in the order given (``overrides``: per flag)."""
     def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
         for flag in reversed(flags):
-            fn = option(flag)(fn)
+            fn = option(flag, **(overrides or {}).get(flag, {}))(fn)
         return fn
     return apply
 
@@ -124,8 +122,7 @@ def list_command(layer: str | None, impl_files: tuple[Path, ...]) -> None:
 @options("--device", "--dtype", "--mode")
 @click.option("--impl", "impls", multiple=True, help="Implementations to run (default: all).")
 @option("--compile")
-@click.option("--preset", default="default", show_default=True,
-              help="Sizes: quick, default or full.")
+@click.option("--preset", default="default", show_default=True, help="Sizes: quick, default, full.")
 @options("--size", "--budget", "--min-time", "--max-time", "--precision", "--trials",
          "--threads", "--seed")
 @click.option("--cuda-graph", is_flag=True, help="CUDA: time replays of each call captured in "
@@ -142,14 +139,22 @@ def list_command(layer: str | None, impl_files: tuple[Path, ...]) -> None:
               help="Run each case in a worker process: a hard --timeout, and a crash costs one "
                    "case, not the run. Default: on with --impl-file or torch.compile.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
-              help="Finish an interrupted run in RUN_DIR: its remaining cases, with the "
-                   "configuration recorded in its meta.json (other options are ignored).")
+              help="Finish an interrupted run in RUN_DIR: its remaining cases, configured as its "
+                   "meta.json records (options other than --executor are ignored).")
+@click.option("--shard", help="K/N: only the K-th of N shares of the sizes (a SLURM array, a CI "
+              "matrix); join the shards' runs with `merge`.")
+@click.option("--executor", "name", default="local", show_default=True, help="Where cases run: "
+              "local, or dask (a Dask cluster: docs/scale-out.md).")
+@click.option("--scheduler", "address", help="Dask scheduler address, e.g. tcp://host:8786 "
+              "(default: a local cluster on 127.0.0.1).")
+@click.option("--dashboard", is_flag=True, help="Dask: serve the local cluster's dashboard.")
 def bench_command(**kwargs: Any) -> None:
     """Run LAYER's suite (or `all`) and write results/<run-id>/."""
     run = run_options(kwargs)
     lists = {k: split(kwargs.pop(k)) for k in ("devices", "dtypes", "modes", "impls",
                                                "compile_modes")}
-    sys.exit(bench(BenchOptions(run=run, **lists, **kwargs)))
+    executor = ExecutorOptions(**{k: kwargs.pop(k) for k in ("name", "address", "dashboard")})
+    sys.exit(bench(BenchOptions(run=run, executor=executor, **lists, **kwargs)))
 
 
 @cli.command("profile")
@@ -193,10 +198,18 @@ def report_command(run_dir: Path) -> None:
 @options("--basis", "--threshold", "--alpha")
 @click.option("--out", default=None, type=click.Path(path_type=Path),
               help="Directory for compare.{csv,md,html,png} (default: results/<time>-compare).")
-def compare_command(runs: tuple[Path, ...], basis: str, threshold: float, alpha: float,
-                    out: Path | None) -> None:
+def compare_command(runs: tuple[Path, ...], **kwargs: Any) -> None:
     """Compare RUN_B [RUN_C ...] with the baseline RUN_A; exit 1 on a regression."""
-    sys.exit(compare(list(runs), basis, threshold, alpha, out))
+    sys.exit(compare(list(runs), **kwargs))
+
+
+@cli.command("merge")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@option("--out", default=None, required=True, show_default=False,
+        help="The merged run directory (must not exist yet).")
+def merge_command(runs: tuple[Path, ...], out: Path) -> None:
+    """Join the runs of one sweep's shards (`bench --shard K/N`) into one run directory."""
+    sys.exit(merge(list(runs), out))
 
 
 @cli.command("check")
@@ -218,14 +231,8 @@ def compare_command(runs: tuple[Path, ...], basis: str, threshold: float, alpha:
 @click.option("--remeasure", default=2, show_default=True, type=click.IntRange(0),
               help="Times a case flagged slower is measured again, alongside the baseline's "
                    "stored code; it fails only if slower than that code every time.")
-@option("--min-time", default=0.25, help="Seconds of timing samples per case, at least, for "
-                                         "--save-baseline.")
-@option("--max-time", default=1.0, help="Seconds of timing samples per case, at most, for "
-                                        "--save-baseline.")
-@option("--precision", help="Precision target of each case's timing, for --save-baseline.")
-@option("--budget", default=2.0, help="Seconds a naive-loop case may take, for "
-                                      "--save-baseline.")
-@option("--trials", default=1, help="Correctness trials per case, for --save-baseline.")
+@options("--min-time", "--max-time", "--precision", "--budget", "--trials",  # --save-baseline's
+         overrides={"--budget": dict(default=2.0), "--trials": dict(default=1)})
 @option("--threads", help="CPU threads, for --save-baseline (default: torch's); a check uses "
                           "the baseline's.")
 @option("--out")
@@ -249,11 +256,8 @@ def check_command(**kwargs: Any) -> None:
                             "copies).")
 @option("--quiet")
 def measure_command(like: Path, keys: Path, **kwargs: Any) -> None:
-    """Time the cases in KEYS, configured as run LIKE was, with this copy's code.
-
-    ``check`` runs it in the baseline's stored code and in the current code, one after the
-    other. A check runs the baseline's own version of this command: keep its options stable.
-    """
+    """Time the cases in KEYS, configured as run LIKE was, with this copy's code (``check``
+    runs the baseline's own copy of this command too: keep its options stable)."""
     run = run_options(kwargs)
     sys.exit(measure_like(like, keys, run.out, run))
 
@@ -263,12 +267,8 @@ def measure_command(like: Path, keys: Path, **kwargs: Any) -> None:
               help="The baseline whose noise.csv is rebuilt.")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 def noise_command(baseline: Path, runs: tuple[Path, ...]) -> None:
-    """Re-estimate BASELINE's per-case noise from its run and more A/A RUNS of the same code.
-
-    RUNS are run directories of the baseline's cases (e.g. the `current` runs of earlier checks
-    of unchanged code, or runs made at other times of day): the more and the more spread out,
-    the better the noise covers the states a case moves between.
-    """
+    """Re-estimate BASELINE's per-case noise from its run and more A/A RUNS of its cases (e.g.
+    earlier checks' `current` runs of unchanged code, made at other times of day)."""
     sys.exit(rebuild_noise(baseline, list(runs)))
 
 

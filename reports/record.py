@@ -143,6 +143,7 @@ class CaseResult:
     tf32: bool | None = None  # its float32 math was allowed TF32 (None: not recorded)
     wall_s: float = NAN  # CUDA: wall time per call of back-to-back calls (launches included)
     flags: list[str] = field(default_factory=list)
+    machine: str = ""  # the key of the machine it ran on (``machines.json``)
     ops: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -213,7 +214,7 @@ class CaseResult:
             "stable": NAN if self.stable is None or not s else int(self.stable),
             "tf32": NAN if self.tf32 is None else int(self.tf32),
             "wall_ms": self.wall_s * 1e3,
-            "flags": "; ".join(self.flags),
+            "flags": "; ".join(self.flags), "machine": self.machine,
         }
 
 

@@ -40,14 +40,18 @@ RESULT_COLUMNS = (
     "roofline_frac", "speedup_vs_builtin", "speedup_lo", "speedup_hi", "max_abs_err", "rel_err",
     "grad_max_abs_err", "grad_rel_err", "rtol", "atol", "peak_mem_bytes", "predicted_s",
     "predicted_call_s", "op_calls", "threads", "seed", "precision", "busy_cores", "stable",
-    "flags", "wall_ms", "tf32", "peak_rss_bytes",
+    "flags", "wall_ms", "tf32", "peak_rss_bytes", "machine",
 )
 #: columns of text; every other result column is a number (empty: not measured)
-TEXT_COLUMNS = ("status", "reason", "flags")
+TEXT_COLUMNS = ("status", "reason", "flags", "machine")
 # Added after the first runs were written: absent columns load as empty.
 OPTIONAL_COLUMNS = ("predicted_call_s", "op_calls", "ci_lo_ms", "ci_hi_ms", "speedup_lo",
                     "speedup_hi", "precision", "busy_cores", "stable", "flags", "wall_ms",
-                    "tf32", "peak_rss_bytes")
+                    "tf32", "peak_rss_bytes", "machine")
+#: ``machines.json``: each machine a run's rows ran on (the ``machine`` column is its key): host,
+#: CPU, cores, GPUs, driver and library versions (``suites.environment.machine_info``) and the
+#: devices' measured ceilings (``calibration``)
+MACHINES_FILE = "machines.json"
 #: ``round``: the interleaving round a sample was taken in (samples of one size that share a
 #: round were taken back to back, in an order rotated every round)
 SAMPLE_COLUMNS = (*KEY_COLUMNS, "sample", "round", "seconds")
@@ -173,6 +177,8 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         if column not in frame.columns:
             frame[column] = math.nan
     frame["flags"] = frame["flags"].astype(object).fillna("").astype(str)
+    # rows from before the column ran on the one machine meta.json describes
+    frame["machine"] = frame["machine"].astype(object).fillna(machine_key_of(meta)).astype(str)
     missing = [c for c in ("run_id", *KEY_COLUMNS, *RESULT_COLUMNS) if c not in frame.columns]
     if missing:
         raise RunDataError(f"{results}: missing column(s) {', '.join(missing)}")
@@ -185,6 +191,28 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if unknown:
         raise RunDataError(f"{results}: unknown status {', '.join(map(repr, unknown))}")
     return frame, meta
+
+
+def machine_key_of(meta: Mapping[str, Any]) -> str:
+    """The ``machine`` key of a run's own machine (the one in its ``meta.json``)."""
+    machine = meta.get("machine") or {}
+    return str(machine.get("key") or machine.get("host") or "local")
+
+
+def load_machines(run_dir: str | Path, meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``machines.json`` of a run (machine key -> its description); for a run written before it,
+    the one machine of ``meta.json``, with the run's ceilings."""
+    path = Path(run_dir) / MACHINES_FILE
+    if not path.is_file():
+        return {machine_key_of(meta): {**(meta.get("machine") or {}),
+                                       "calibration": meta.get("calibration") or {}}}
+    try:
+        machines = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDataError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(machines, dict) or not all(isinstance(v, dict) for v in machines.values()):
+        raise RunDataError(f"{path}: not a JSON object of machines")
+    return machines
 
 
 def exit_code(results: pd.DataFrame) -> int:

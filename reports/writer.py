@@ -10,17 +10,20 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from reports.record import Case, CaseResult
 from reports.schema import (
     KEY_COLUMNS,
+    MACHINES_FILE,
     OPS_COLUMNS,
     SAMPLE_COLUMNS,
     SCHEMA_VERSION,
     CsvAppender,
     RunDataError,
+    load_machines,
     result_columns,
     write_json,
 )
@@ -38,11 +41,17 @@ def new_run_dir(out: Path, name: str) -> Path:
 
 
 class RunWriter:
-    """A sink for the runner: every result is on disk as soon as its case ends."""
+    """A sink for the runner: every result is on disk as soon as its case ends, and the record
+    of the machine it ran on (from ``machines``, key -> record, which may grow as a cluster's
+    machines join) in ``machines.json`` from its first row on."""
 
     def __init__(self, run_dir: Path, param_names: list[str], meta: dict[str, Any],
-                 resumed: bool = False) -> None:
+                 resumed: bool = False,
+                 machines: Mapping[str, dict[str, Any]] | None = None) -> None:
         self.run_dir, self.run_id = run_dir, run_dir.name
+        self._machines = machines if machines is not None else {}
+        self._written = load_machines(run_dir, meta) if (
+            resumed and (run_dir / MACHINES_FILE).is_file()) else {}
         if resumed:  # keep the first part's record; note when it was taken up again
             self.meta = {**meta, "end_time": None,
                          "resumed": [*meta.get("resumed", []), _now()]}
@@ -64,6 +73,9 @@ class RunWriter:
 
     def finished(self, result: CaseResult) -> None:
         row = {"run_id": self.run_id, **result.row()}
+        if result.machine not in self._written:
+            self._written[result.machine] = self._machines.get(result.machine, {})
+            write_json(self.run_dir / MACHINES_FILE, self._written)
         if result.samples:
             key = {k: row[k] for k in KEY_COLUMNS}
             rounds = result.samples.rounds or (None,) * len(result.samples.seconds)

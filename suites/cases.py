@@ -25,7 +25,8 @@ def sizes_for(config: BenchConfig, layer: str) -> list[Params]:
 
 
 def plan(config: BenchConfig) -> list[Case]:
-    """Every case of the run, grouped by size; each group starts with its eager builtin.
+    """Every case of the run (of its shard, ``config.shard``), grouped by size; each group
+    starts with its eager builtin.
 
     The eager builtin is always run, as the baseline of ``speedup_vs_builtin``, even when
     ``--impl`` does not name it. Implementations made for other devices only (e.g. CUDA's SDPA
@@ -54,7 +55,32 @@ def plan(config: BenchConfig) -> list[Case]:
                 baseline = group[0].baseline
                 group = [baseline] + [c for c in group if c != baseline]
             cases.extend(group)
-    return cases
+    return shard(cases, *config.shard)
+
+
+def family_key(case: Case) -> tuple[str, ...]:
+    """A size family: the cases of one (layer, device, dtype, size), every mode. They run in
+    one process on one machine (the forward's time is known to the fwdbwd case's checks) and
+    stay together in a shard."""
+    return (case.layer, case.device, case.dtype, case.label)
+
+
+def families(cases: list[Case]) -> list[list[Case]]:
+    """``cases`` by size family, each family in plan order, families in order of first case."""
+    found: dict[tuple[str, ...], list[Case]] = {}
+    for case in cases:
+        found.setdefault(family_key(case), []).append(case)
+    return list(found.values())
+
+
+def shard(cases: list[Case], index: int, count: int) -> list[Case]:
+    """The ``index``-th (from 1) of ``count`` shards of ``cases``: every ``count``-th size
+    family in plan order, starting at the ``index``-th, so the same command line always gives
+    the same partition and each shard gets small and large sizes alike."""
+    if count == 1:
+        return cases
+    return [c for i, family in enumerate(families(cases)) if i % count == index - 1
+            for c in family]
 
 
 def _impl_names(config: BenchConfig, layer: str) -> list[str]:

@@ -53,6 +53,7 @@ class BenchConfig:
     timing: TimingConfig = field(default_factory=TimingConfig)
     out: Path = Path("results")
     impl_files: tuple[Path, ...] = ()
+    shard: tuple[int, int] = (1, 1)  # (K, N): the K-th of N parts of the size families
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,18 @@ class RunOptions:
     impl_files: tuple[Path, ...] = ()
     quiet: bool = False  # no progress bar
     threads: int = 0  # 0: torch's default
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """Where a run's cases execute (``suites.executors``): ``name`` (local or dask); for Dask,
+    the scheduler's ``address`` (None: a local cluster of ``workers`` worker processes on
+    127.0.0.1) and whether to serve its ``dashboard``."""
+
+    name: str = "local"
+    address: str | None = None
+    workers: int = 1
+    dashboard: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,8 @@ class BenchOptions:
     timeout_s: float = 300.0
     isolate: bool | None = None  # None: on with impl files or torch.compile
     resume: Path | None = None
+    shard: str | None = None  # K/N
+    executor: ExecutorOptions = field(default_factory=ExecutorOptions)
 
 
 @dataclass(frozen=True)
@@ -155,6 +170,8 @@ def config_from_dict(data: dict[str, Any]) -> BenchConfig:
             values["impl_files"] = tuple(Path(p) for p in values["impl_files"])
         if "out" in values:
             values["out"] = Path(values["out"])
+        if "shard" in values:
+            values["shard"] = tuple(int(v) for v in values["shard"])
         if "timing" in values:
             values["timing"] = TimingConfig(**values["timing"])
         return BenchConfig(**values)

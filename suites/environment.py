@@ -35,9 +35,20 @@ def git_commit() -> str | None:
     return out + ("-dirty" if dirty else "")
 
 
+#: names the machine in the rows instead of its host name (e.g. two workers of one host posing
+#: as two machines, or one name for a CI runner whose host name changes every job)
+MACHINE_ENV = "LAYERBENCH_MACHINE"
+
+
+def machine_key() -> str:
+    """The ``machine`` every row run here records: ``$LAYERBENCH_MACHINE``, else the host name."""
+    return os.environ.get(MACHINE_ENV, "").strip() or socket.gethostname()
+
+
 def machine_info(devices: list[str]) -> dict[str, Any]:
-    """Host, CPU, GPU and library versions for ``meta.json``."""
+    """Host, CPU, GPU and library versions for ``meta.json`` and ``machines.json``."""
     info: dict[str, Any] = {
+        "key": machine_key(),
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -35,9 +35,11 @@ from suites.compilation import compiled, graphed_on, reset_compiler
 from suites.config import BenchConfig, TimingConfig
 from suites.correctness import TOLERANCES, Call, bind, check, make_trial, tolerance_key
 from suites.devices import Device, device, tf32_flags
+from suites.environment import machine_key
+from suites.executors import Executor, Local
 from suites.faults import NOTE_CHARS, classify, describe, exit_reason
 from suites.interference import interference
-from suites.isolation import CaseLost, InProcess, Lost, executor
+from suites.isolation import CaseLost, InProcess, Lost
 from suites.profiling import (
     NAIVE_SETTINGS,
     CaseProfile,
@@ -72,41 +74,49 @@ def groups(cases: Sequence[Case]) -> list[list[Case]]:
 def run(config: BenchConfig, cases: list[Case], sinks: Sequence[Sink],
         profile_root: Path | None = None,
         ceilings: Mapping[str, dict[str, Any]] | None = None,
-        known: Mapping[Case, Samples] | None = None) -> list[CaseResult]:
+        known: Mapping[Case, Samples] | None = None,
+        engine: Executor | None = None) -> list[CaseResult]:
     """Run ``cases`` size group by size group; each result goes to every sink as soon as its
     group ends.
 
-    Each group runs in this process or, with ``config.isolate``, in a worker process (see
-    ``suites.isolation``). With ``config.profile``, each measured case is then profiled into
-    ``profile_root/<case>/``. ``ceilings`` (device -> ``calibration.ceilings``) give each timed
-    case its roofline fraction; ``known`` holds the samples of cases timed in an earlier part
-    of a resumed run (the builtins, the forward of a fwdbwd case).
+    ``engine`` runs the groups (``suites.executors``; default: here, in this process or, with
+    ``config.isolate``, in a worker process). With ``config.profile``, each measured case is
+    then profiled into ``profile_root/<case>/``. Each timed case gets its roofline fraction from
+    the ceilings of the machine it ran on (``engine.machines``; ``ceilings``, device ->
+    ``calibration.ceilings``, for this machine's); ``known`` holds the samples of cases timed
+    in an earlier part of a resumed run (the builtins, the forward of a fwdbwd case).
     """
-    ceilings, known = ceilings or {}, dict(known or {})
+    known = dict(known or {})
     results = []
     # Objects alive now (torch, the registry, ...) are never garbage: moved out of the
     # collector's sight, the gc.collect() after each group takes ~1 ms instead of ~100 ms.
     gc.freeze()
-    execute = executor(config, execute_group)
+    here = machine_key()
+    engine = engine or Local(config, execute_group, here, {here: {"calibration": ceilings}})
+
+    def started(case: Case) -> None:
+        for sink in sinks:
+            sink.started(case)
+
     try:
-        for group in groups(cases):
-            for sink in sinks:
-                sink.started(group[0])
-            for case, outcome in zip(group, execute(group, profile_root), strict=True):
+        for done in engine.results(groups(cases), profile_root, started):
+            machine_ceilings = engine.machines.get(done.machine, {}).get("calibration") or {}
+            for case, outcome in zip(done.group, done.outcomes, strict=True):
                 result = outcome
                 if isinstance(outcome, Lost):
                     result = new_result(case, config)
                     result.status, result.reason = outcome.status, outcome.reason
+                result.machine = done.machine
                 if result.status in TIMED and result.samples:
                     known[case] = result.samples
-                judge(result, config, known, ceilings.get(case.device))
+                judge(result, config, known, machine_ceilings.get(case.device))
                 for sink in sinks:
                     sink.finished(result)
                 results.append(result)
     except BaseException:  # Ctrl-C: stop the group in flight now, not after it ends
-        execute.close(kill=True)
+        engine.close(kill=True)
         raise
-    execute.close()
+    engine.close()
     return results
 
 

@@ -30,16 +30,31 @@ from reports.console import (
 from reports.meta import ceiling_text
 from reports.outcome import EXIT_INTERRUPTED, UsageError
 from reports.record import Case, Samples
-from reports.schema import KEY_COLUMNS, TIMED, exit_code, load_run, load_samples
+from reports.schema import (
+    KEY_COLUMNS,
+    TIMED,
+    exit_code,
+    load_run,
+    load_samples,
+    machine_key_of,
+)
 from reports.writer import RunWriter, new_run_dir, open_resumed
 from suites import calibration, devices
-from suites.cases import plan
+from suites.cases import families, plan
 from suites.compilation import COMPILE_MODES, PROJECT_ROOT, use_project_cache
-from suites.config import BenchConfig, BenchOptions, RunOptions, TimingConfig, config_from_dict
+from suites.config import (
+    BenchConfig,
+    BenchOptions,
+    ExecutorOptions,
+    RunOptions,
+    TimingConfig,
+    config_from_dict,
+)
 from suites.environment import machine_info
+from suites.executors import Executor, open_executor
 from suites.interference import LoadWatch
 from suites.presets import PRESET_NAMES, notes_size, parse_size
-from suites.runner import run
+from suites.runner import execute_group, run
 
 
 def load_impl_files(paths: Iterable[Path]) -> None:
@@ -69,17 +84,21 @@ def choose(option: str, values: Iterable[str], choices: Iterable[str],
     return values
 
 
-def choose_devices(names: Iterable[str]) -> tuple[str, ...]:
-    """``--device`` values, each present here (``all``: every kind that is)."""
+def choose_devices(names: Iterable[str], here: bool = True) -> tuple[str, ...]:
+    """``--device`` values, each present here (``all``: every kind that is); with ``here``
+    False (the cases run on other machines), each a known device name."""
     names = tuple(names)
     if "all" in names:
+        if not here:
+            raise UsageError("--device all means the devices of this machine: name the "
+                             "devices the cluster's workers should run (e.g. cpu,cuda)")
         return tuple(devices.available())
     for name in names:
         try:
             problem = devices.device(name).problem()
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        if problem:
+        if problem and here:
             raise UsageError(problem)
     return names
 
@@ -113,8 +132,9 @@ def resolve(options: BenchOptions) -> BenchConfig:
             raise UsageError("--size needs a single layer, not 'all'")
         size = tuple(custom_size(layers[0], options.size).items())
     compile_modes = choose("compile mode", options.compile_modes, COMPILE_MODES)
+    here = options.executor.name == "local"
     return BenchConfig(
-        layers=layers, impls=options.impls, devices=choose_devices(options.devices),
+        layers=layers, impls=options.impls, devices=choose_devices(options.devices, here),
         dtypes=choose("dtype", options.dtypes, DTYPE_NAMES, everything=DTYPE_NAMES),
         modes=choose("mode", options.modes, MODES, everything=MODES),
         compile_modes=compile_modes, preset=choose("preset", (options.preset,), PRESET_NAMES)[0],
@@ -125,7 +145,22 @@ def resolve(options: BenchOptions) -> BenchConfig:
         out=options.run.out,
         impl_files=options.run.impl_files, timeout_s=options.timeout_s,
         isolate=options.isolate if options.isolate is not None else bool(
-            options.run.impl_files or set(compile_modes) - {"none"}))
+            options.run.impl_files or set(compile_modes) - {"none"}),
+        shard=parse_shard(options.shard))
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``--shard K/N`` as ``(K, N)`` with 1 <= K <= N (None: the whole run, ``(1, 1)``)."""
+    if text is None:
+        return (1, 1)
+    k, slash, n = text.partition("/")
+    if not (slash and k.strip().isdigit() and n.strip().isdigit()):
+        raise UsageError(f"--shard {text!r}: give K/N, the K-th of N shards, e.g. 1/4")
+    index, count = int(k), int(n)
+    if not 1 <= index <= count:
+        raise UsageError(f"--shard {text}: K must be between 1 and N ({count}); shards count "
+                         "from 1")
+    return (index, count)
 
 
 def timing_config(min_time_s: float, max_time_s: float, precision: float,
@@ -143,32 +178,49 @@ def timing_config(min_time_s: float, max_time_s: float, precision: float,
 
 
 def planned(config: BenchConfig) -> list[Case]:
-    """Every case of ``config``; an unknown implementation or a nonsense size is bad input."""
+    """Every case of ``config``; an unknown implementation, a nonsense size or an empty shard
+    is bad input."""
     try:
-        return plan(config)
+        cases = plan(config)
     except (KeyError, ValueError) as exc:
         raise UsageError(str(exc.args[0]) if exc.args else str(exc)) from None
+    if not cases and config.shard != (1, 1):
+        whole = len(families(plan(dataclasses.replace(config, shard=(1, 1)))))
+        raise UsageError(f"--shard {'/'.join(map(str, config.shard))}: an empty shard (this "
+                         f"run has {whole} size families to share out; use N <= {whole})")
+    return cases
 
 
 def bench(options: BenchOptions) -> int:
     """The ``bench`` command: run the suite (or finish ``options.resume``); the exit code."""
     if options.resume is not None:
-        return resume(options.resume, options.run.quiet, options.report)
+        return resume(options.resume, options.run.quiet, options.report, options.executor)
     config = resolve(options)
     cases = planned(config)
     set_threads(config.threads)
+    here = options.executor.name == "local"
+    meta = new_meta(config, calibrated=here)
+    engine = open_executor(config, options.executor, execute_group, local_machine(meta))
     what = config.layers[0] if len(config.layers) == 1 else "all"
+    shard = f"shard{config.shard[0]}of{config.shard[1]}" if config.shard != (1, 1) else ""
     try:
-        run_dir = new_run_dir(config.out, "-".join((what, *config.devices)))
+        run_dir = new_run_dir(config.out, "-".join(filter(None, (what, *config.devices,
+                                                                   shard))))
     except OSError as exc:
+        engine.close()
         raise UsageError(f"--out {config.out}: cannot create the run directory "
                          f"({exc.strerror or exc})") from None
-    writer = open_run(config, run_dir)
-    return run_cases(config, cases, writer, options.run.quiet, options.report)
+    writer = RunWriter(run_dir, _params(config), {**meta, "executor": engine.describe()},
+                       machines=engine.machines)
+    return run_cases(config, cases, writer, options.run.quiet, options.report, engine=engine)
 
 
-def resume(run_dir: Path, quiet: bool, report: bool) -> int:
-    """Run the cases of ``run_dir`` that have no result row yet, appending to its files."""
+def resume(run_dir: Path, quiet: bool, report: bool,
+           executor: ExecutorOptions | None = None) -> int:
+    """Run the cases of ``run_dir`` that have no result row yet, appending to its files (on
+    ``executor``, by default here)."""
+    executor = executor or ExecutorOptions()
+    here = executor.name == "local"
     try:
         meta = json.loads((run_dir / "meta.json").read_text(encoding="utf-8"))
         config = config_from_dict(meta["config"])
@@ -176,22 +228,24 @@ def resume(run_dir: Path, quiet: bool, report: bool) -> int:
         raise UsageError(f"--resume {run_dir}: no usable meta.json ({exc})") from None
     load_impl_files(config.impl_files)
     for name in config.devices:
-        if problem := devices.device(name).problem():
+        if (problem := devices.device(name).problem()) and here:
             raise UsageError(f"--resume {run_dir}: {problem}")
     cases = planned(config)
     meta, rows = open_resumed(run_dir, _params(config))
     done = {tuple(r[k] for k in KEY_COLUMNS): r for r in rows}
     todo = [c for c in cases if c.key not in done]
     set_threads(config.threads)
+    fresh = new_meta(config, calibrated=here, described=False)
+    engine = open_executor(config, executor, execute_group, local_machine({**meta, **fresh}))
     say(f"resuming {run_dir}: {len(rows)} of {len(cases)} cases already done", stderr=True)
-    writer = RunWriter(run_dir, _params(config),
-                       {**meta, "calibration": all_ceilings(config.devices)}, resumed=True)
+    writer = RunWriter(run_dir, _params(config), {**meta, **fresh}, resumed=True,
+                       machines=engine.machines)
     timed = [r for r in rows if r["status"] in TIMED]
     watch = LoadWatch(torch.get_num_threads(), config.timing.precision, timed=len(timed),
                       unstable=sum(r.get("stable") == "0" for r in timed),
                       disturbed=sum("interference:" in r.get("flags", "") for r in timed))
     return run_cases(config, todo, writer, quiet, report, _timed_samples(run_dir, cases, done),
-                     watch)
+                     watch, engine)
 
 
 def _timed_samples(run_dir: Path, cases: list[Case],
@@ -207,31 +261,50 @@ def _timed_samples(run_dir: Path, cases: list[Case],
     return found
 
 
+def new_meta(config: BenchConfig, calibrated: bool = True,
+             described: bool = True) -> dict[str, Any]:
+    """What ``meta.json`` records of a run before it starts: this machine (the one that drives
+    it) and, where its cases run here (``calibrated``), its devices' ceilings; with
+    ``described``, also the command, the configuration and the implementations' order."""
+    meta: dict[str, Any] = {"machine": machine_info(list(config.devices)),
+                            "calibration": all_ceilings(config.devices) if calibrated else {}}
+    if described:
+        meta.update(command=sys.argv, config=dataclasses.asdict(config),
+                    impl_order=REGISTRY.impl_order())
+    return meta
+
+
+def local_machine(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """This machine's ``machines.json`` entry (key -> record) from a run's ``meta.json``."""
+    return {machine_key_of(meta): {**meta["machine"], "calibration": meta["calibration"]}}
+
+
 def open_run(config: BenchConfig, run_dir: Path) -> RunWriter:
-    """The writer of a new run in ``run_dir``, its ``meta.json`` written: the command, the
-    configuration, the machine, the devices' ceilings and the implementations' order."""
-    meta = {"command": sys.argv, "config": dataclasses.asdict(config),
-            "machine": machine_info(list(config.devices)),
-            "calibration": all_ceilings(config.devices), "impl_order": REGISTRY.impl_order()}
-    return RunWriter(run_dir, _params(config), meta)
+    """The writer of a new run on this machine in ``run_dir``, its ``meta.json`` written: the
+    command, the configuration, the machine, the devices' ceilings and the implementations'
+    order."""
+    meta = new_meta(config)
+    return RunWriter(run_dir, _params(config), meta, machines=local_machine(meta))
 
 
 def run_cases(config: BenchConfig, cases: list[Case], writer: RunWriter, quiet: bool,
               report: bool, known: dict[Case, Samples] | None = None,
-              watch: LoadWatch | None = None) -> int:
+              watch: LoadWatch | None = None, engine: Executor | None = None) -> int:
     """Run ``cases`` into the writer's run directory; print the summary; the exit code."""
     use_project_cache()
     run_dir = writer.run_dir
     err = console(stderr=True)
+    where = engine.describe().get("text", "") if engine is not None else ""
     say(f"layerbench: {len(cases)} cases -> {run_dir}"
-        + (" (each size group in a worker process)" if config.isolate else ""), stderr=True)
+        + (f" ({where})" if where else " (each size group in a worker process)"
+           if config.isolate else ""), stderr=True)
     watch = watch or LoadWatch(torch.get_num_threads(), config.timing.precision)
     if warning := watch.warning_now():
         say(f"warning: {warning}", stderr=True)
     try:
         with ProgressBar(len(cases), err, enabled=not quiet) as bar:
             run(config, cases, [writer, watch, bar], profile_root=writer.profile_dir,
-                ceilings=writer.meta["calibration"], known=known)
+                ceilings=writer.meta["calibration"], known=known, engine=engine)
     except KeyboardInterrupt:
         writer.close(interrupted=True, load=watch.summary())
         say(f"interrupted: the finished cases are in {run_dir / 'results.csv'}; "

@@ -1,0 +1,97 @@
+"""The seam between a run and where its size groups execute: this machine, or a Dask cluster.
+
+The runner (``suites.runner.run``) hands an executor the run's size groups and gets each group's
+outcomes back as it finishes, with the key of the machine it ran on; it judges and records them
+the same way whichever executor ran them. ``Local`` runs the groups one after the other here (in
+this process or a worker process, ``suites.isolation``); ``suites.dask_executor.Dask`` sends
+them to a Dask cluster. Another engine (Ray, a plain SLURM executor) is one more class with the
+same three members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from reports.outcome import UsageError
+from reports.record import Case
+from suites.config import BenchConfig, ExecutorOptions
+from suites.isolation import Target, executor
+
+EXECUTORS = ("local", "dask")
+#: ``pip install`` line of the engines that are an optional extra
+INSTALL = {"dask": "pip install -e '.[cluster]' (or: pip install distributed)"}
+
+
+@dataclass
+class Finished:
+    """A size group that ended: one outcome per case (a ``CaseResult`` or a
+    ``suites.isolation.Lost``) and the key of the machine it ran on (``machines.json``)."""
+
+    group: list[Case]
+    outcomes: list[Any]
+    machine: str
+
+
+class Executor(Protocol):
+    """Runs size groups and yields each as it finishes (in any order)."""
+
+    #: every machine that ran (or will run) a group: key -> its ``machines.json`` record
+    machines: dict[str, dict[str, Any]]
+
+    def results(self, groups: list[list[Case]], profile_root: Path | None,
+                started: Callable[[Case], None]) -> Iterator[Finished]: ...
+
+    def close(self, kill: bool = False) -> None: ...
+
+    def describe(self) -> dict[str, Any]:
+        """For ``meta.json``: ``name`` and what else identifies where the run ran; ``text``,
+        a phrase for the console ("" for nothing worth saying)."""
+        ...
+
+
+@dataclass
+class Local:
+    """Every group here, one after the other, on the machine described by ``machines``'s one
+    entry (``key``)."""
+
+    config: BenchConfig
+    target: Target
+    key: str
+    machines: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._execute = executor(self.config, self.target)
+
+    def results(self, groups: list[list[Case]], profile_root: Path | None,
+                started: Callable[[Case], None]) -> Iterator[Finished]:
+        for group in groups:
+            started(group[0])
+            yield Finished(group, self._execute(group, profile_root), self.key)
+
+    def close(self, kill: bool = False) -> None:
+        self._execute.close(kill=kill)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "local", "text": ""}
+
+
+def open_executor(config: BenchConfig, options: ExecutorOptions, target: Target,
+                  local: dict[str, dict[str, Any]]) -> Executor:
+    """The executor ``options`` name, ready (connected, for Dask). ``local``: this machine's
+    key -> record, for the local executor. ``UsageError`` for an unknown name, a missing
+    optional engine (with its install line) or a scheduler that does not answer."""
+    if options.name not in EXECUTORS:
+        raise UsageError(f"unknown --executor {options.name!r} (choose from "
+                         f"{', '.join(EXECUTORS)})")
+    if options.name == "local":
+        (key,) = local
+        return Local(config, target, key, dict(local))
+    try:
+        from suites.dask_executor import Dask
+    except ImportError as exc:
+        raise UsageError(f"--executor dask needs Dask distributed ({exc.name or exc} is not "
+                         f"installed): {INSTALL['dask']}") from None
+    return Dask(config, options, target)
