@@ -191,6 +191,7 @@ RESULTS = {c.key: c for c in (
     Col("device", "device"), Col("dtype", "dtype"), Col("mode", "mode"),
     Col("setting", "setting", tip="device, dtype, mode"),
     Col("case", "size"), Col("status", "status"), Col("reason", "why"),
+    Col("machine", "machine", tip="the machine it ran on (Machines)"),
     Col("median_ms", "median time", "ms", "median of the timed calls",
         interval=("ci_lo_ms", "ci_hi_ms")),
     Col("wall_ms", "back to back", "ms",

@@ -4,12 +4,15 @@ The first run is the baseline A; every later run B is compared with it. Two base
 
 - ``absolute``: seconds against seconds, cases matched on every key column;
 - ``relative``: each case's samples divided by the median of the eager builtin (same layer,
-  device, dtype, mode and case) of the same run, so runs from different machines or devices
-  compare. When each run holds a single device, cases match ignoring ``device`` (a CPU run
+  device, dtype, mode and case) of the same run and machine, so runs from different machines or
+  devices compare. When each run holds a single device, cases match ignoring ``device`` (a CPU run
   against a CUDA run). The builtin rows are the unit of this basis (1.0 by definition) and are
   left out of the verdicts.
 
-``auto`` picks relative when the runs' devices or machines (host, CPU model, GPU names) differ.
+``auto`` picks relative when the runs' devices differ, or when any case both runs timed ran on
+different machines in each (the records of the rows' ``machine`` in ``machines.json``: host,
+CPU model, GPU names); a run spread over a cluster compared with one on the same machines stays
+absolute.
 A case slower or faster in a run disturbed by other processes (``interference``), or by less
 than the runs' imprecision allows, is ``suspicious`` (``unstable`` says why): worth a
 re-measurement, never a regression.
@@ -19,13 +22,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from reports.meta import machine_identity
 from reports.schema import (
     BASELINE_IMPL,
     FAILED,
@@ -33,6 +37,7 @@ from reports.schema import (
     TIMED,
     RunDataError,
     is_baseline,
+    load_machines,
     load_run,
     load_samples,
 )
@@ -51,20 +56,22 @@ UNTIMED_FLAGGED = ("oom", "timeout", "error")  # losing (or gaining) a time to t
 REF_KEY = ("layer", "device", "dtype", "mode", "case")
 COLUMNS = [*KEY_COLUMNS, "run_a", "run_b", "status_a", "status_b", "median_a_ms", "median_b_ms",
            "ratio", "ci_lo", "ci_hi", "p_value", "noise", "threshold_used", "verdict", "note",
-           "regression", "n_a", "n_b", "rel_a", "rel_b", "unstable"]
+           "regression", "n_a", "n_b", "rel_a", "rel_b", "unstable", "machine_a", "machine_b"]
 GEOMEAN_COLUMNS = ["run_b", "layer", "impl", "compile", "variant", "cases", "geomean_ratio",
                    "min_ratio", "max_ratio", "slower", "faster"]
 
 
 @dataclass(frozen=True)
 class Run:
-    """One loaded run directory; ``samples`` maps the full case key to seconds per call."""
+    """One loaded run directory; ``samples`` maps the full case key to seconds per call;
+    ``machines``: its ``machines.json`` (key of a row's ``machine`` -> record)."""
 
     path: Path
     label: str
     meta: dict[str, Any]
     results: pd.DataFrame = field(repr=False)
     samples: dict[tuple[str, ...], np.ndarray] = field(repr=False)
+    machines: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -100,7 +107,7 @@ def compare_runs(run_dirs: list[Path], basis: str = "auto", threshold: float = 0
         raise RunDataError(f"unknown basis {basis!r}: choose one of {', '.join(BASES)}")
     runs = _dedupe([load(Path(p)) for p in run_dirs])
     if basis == "auto":
-        basis = "relative" if len({_fingerprint(r) for r in runs}) > 1 else "absolute"
+        basis = _auto_basis(runs)
     single = all(r.results["device"].nunique() == 1 for r in runs)
     keys = [c for c in KEY_COLUMNS if not (basis == "relative" and single and c == "device")]
     rows, notes = [], []
@@ -127,9 +134,10 @@ def load(path: Path) -> Run:
     """A run directory with its samples indexed by case key."""
     results, meta = load_run(path)
     results = results.astype({c: str for c in KEY_COLUMNS})
+    machines = load_machines(path, meta)
     timed = int((results["status"].isin(TIMED) & (results["n_samples"] > 0)).sum())
     if not timed:  # nothing to read (and a header-only samples.csv has no numeric column)
-        return Run(path, str(meta.get("run_id") or path.name), meta, results, {})
+        return Run(path, str(meta.get("run_id") or path.name), meta, results, {}, machines)
     samples = load_samples(path).astype({**{c: str for c in KEY_COLUMNS}, "seconds": float})
     samples = samples[np.isfinite(samples["seconds"]) & (samples["seconds"] > 0)]
     index = {tuple(k): g.to_numpy(float) for k, g in samples.sort_values("sample", kind="stable")
@@ -137,7 +145,7 @@ def load(path: Path) -> Run:
     if not index:
         raise RunDataError(f"{path / 'samples.csv'}: missing or empty, but results.csv has "
                            f"{timed} timed case(s)")
-    return Run(path, str(meta.get("run_id") or path.name), meta, results, index)
+    return Run(path, str(meta.get("run_id") or path.name), meta, results, index, machines)
 
 
 def _dedupe(runs: list[Run]) -> list[Run]:
@@ -147,26 +155,36 @@ def _dedupe(runs: list[Run]) -> list[Run]:
     for run in runs:
         seen[run.label] = seen.get(run.label, 0) + 1
         label = run.label if seen[run.label] == 1 else f"{run.label}#{seen[run.label]}"
-        out.append(Run(run.path, label, run.meta, run.results, run.samples))
+        out.append(replace(run, label=label))
     return out
 
 
-def _fingerprint(run: Run) -> tuple[Any, ...]:
-    machine = run.meta.get("machine") or {}
-    gpus = tuple(sorted(str(g.get("name")) for g in machine.get("gpus") or []))
-    devices = tuple(sorted(run.results["device"].unique()))
-    return machine.get("host"), machine.get("cpu_model"), gpus, devices
+def _auto_basis(runs: list[Run]) -> str:
+    """``relative`` where the runs' devices differ or a case both the first and a later run
+    timed ran on different machines in each; else ``absolute``."""
+    base = runs[0]
+    if len({tuple(sorted(r.results["device"].unique())) for r in runs}) > 1:
+        return "relative"
+    rows_a = _index(base, list(KEY_COLUMNS), "absolute")
+    for other in runs[1:]:
+        for key, rb in _index(other, list(KEY_COLUMNS), "absolute").items():
+            ra = rows_a.get(key)
+            if ra is not None and (machine_identity(base.machines, ra["machine"])
+                                   != machine_identity(other.machines, rb["machine"])):
+                return "relative"
+    return "absolute"
 
 
 def _references(run: Run) -> dict[tuple[str, ...], float]:
-    """Median seconds of each timed eager builtin, by (layer, device, dtype, mode, case)."""
+    """Median seconds of each timed eager builtin, by (layer, device, dtype, mode, case,
+    machine): a case is divided by the builtin it ran with."""
     out = {}
     for row in run.results.to_dict("records"):
         if is_baseline(row["impl"], row["compile"]) and row["status"] in TIMED:
             values = run.samples.get(tuple(row[c] for c in KEY_COLUMNS))
             median = float(np.median(values)) if values is not None else row["median_ms"] / 1e3
             if median > 0:
-                out[tuple(row[c] for c in REF_KEY)] = median
+                out[(*(row[c] for c in REF_KEY), row["machine"])] = median
     return out
 
 
@@ -206,9 +224,9 @@ def _values(run: Run, row: dict[str, Any],
         values = np.array([row["median_ms"] / 1e3])
     if refs is None:
         return values, ""
-    ref = refs.get(tuple(row[c] for c in REF_KEY))
+    ref = refs.get((*(row[c] for c in REF_KEY), row["machine"]))
     if ref is None:
-        return None, f"no timed eager builtin in {run.label}"
+        return None, f"no timed eager builtin on its machine in {run.label}"
     return values / ref, ""
 
 
@@ -234,6 +252,7 @@ def _case(ra: dict[str, Any] | None, rb: dict[str, Any] | None, a: Run, b: Run,
     if ra is not None and rb is not None and ra["device"] != rb["device"]:
         row["device"] = f"{ra['device']}->{rb['device']}"
     row.update(run_a=a.label, run_b=b.label, regression=False, note="", unstable="",
+               machine_a=_get(ra, "machine", ""), machine_b=_get(rb, "machine", ""),
                status_a=_get(ra, "status", ""), status_b=_get(rb, "status", ""),
                median_a_ms=_median_ms(a, ra), median_b_ms=_median_ms(b, rb),
                n_a=_get(ra, "n_samples"), n_b=_get(rb, "n_samples"))
@@ -353,7 +372,7 @@ def _timing(row: dict[str, Any], va: np.ndarray, vb: np.ndarray, threshold: floa
 
 def _reference_note(a: Run, b: Run, keys: list[str]) -> str:
     """How the builtins' own times compare: what the relative basis divided out."""
-    ra, rb = _references(a), _references(b)
+    ra, rb = ({k[:-1]: v for k, v in r.items()} for r in (_references(a), _references(b)))
     if "device" not in keys:
         ra, rb = ({k[:1] + k[2:]: v for k, v in r.items()} for r in (ra, rb))
     shared = ra.keys() & rb.keys()

@@ -1,4 +1,9 @@
-"""The files of a comparison: ``compare.csv``, ``compare.md``, ``compare.html``, ``compare.png``."""
+"""The files of a comparison: ``compare.csv``, ``compare.md``, ``compare.html``, ``compare.png``.
+
+Each run's machine is described last; where a run's cases ran elsewhere than the machine of its
+``meta.json`` (a cluster, merged shards), the machines it used, and the case tables name each
+case's machine in A and in B.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,14 @@ from reports.columns import Col, present
 from reports.compare import GEOMEAN_COLUMNS, Comparison, compare_runs
 from reports.console import load_lines, say
 from reports.markdown import md_table
-from reports.meta import environment_rows, load_text
+from reports.meta import (
+    MACHINE_COLUMNS,
+    environment_rows,
+    load_text,
+    machine_table,
+    machines_line,
+    machines_shown,
+)
 from reports.outcome import EXIT_FAILED, EXIT_OK, UsageError
 from reports.style import VERDICT_COLORS, variant, variants
 from reports.writer import new_run_dir
@@ -66,7 +78,9 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> list[Path]:
              "<h2>Runs</h2>"]
     for i, run in enumerate(comparison.runs):
         body += [f"<h3>{'A (baseline)' if i == 0 else 'B'}: {html.esc(run.label)}</h3>",
-                 html.definitions(environment_rows(run.meta))]
+                 html.definitions(environment_rows(run.meta, run.results))]
+        if machines_shown(run.results, run.meta):
+            body.append(html.table(machine_table(run.machines, run.results), MACHINE_COLUMNS))
     paths[2].write_text(html.page("Run comparison", "\n".join(body), plain[0]),
                         encoding="utf-8")
     return paths
@@ -114,6 +128,8 @@ def _machines(c: Comparison) -> str:
         gpus = [v for k, v in rows.items() if k.startswith("GPU")]
         what = "; ".join([*(rows[k] for k in keep if k in rows), *gpus,
                           f"load: {load_text(run.meta)}"])
+        if machines_shown(run.results, run.meta):
+            what += f"; cases ran on: {machines_line(run.machines, run.results)}"
         lines.append(f"- {_role(i)} `{run.label}`: {what}")
     return "\n".join(lines)
 
@@ -150,9 +166,11 @@ GEO_COLUMNS = [Col("run_b", "run B"), Col("layer", "layer"), Col("variant", "imp
 def _columns(c: Comparison) -> list[Col]:
     """How the case tables of a comparison read (``_view``'s columns)."""
     relative = [Col("rel_a", "A / builtin", "num"), Col("rel_b", "B / builtin", "num")]
+    machines = [Col("machine_a", "machine A"), Col("machine_b", "machine B")]
     return [*([Col("run_b", "run B")] if len(c.runs) > 2 else []),
             Col("variant", "implementation"), Col("case", "size"), Col("layer", "layer"),
             Col("setting", "setting", tip="device, dtype, mode"),
+            *(machines if any(machines_shown(r.results, r.meta) for r in c.runs) else []),
             Col("status_a", "status A"), Col("status_b", "status B"),
             Col("median_a_ms", "A median", "ms"), Col("median_b_ms", "B median", "ms"),
             *(relative if c.basis == "relative" else []),

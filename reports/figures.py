@@ -4,14 +4,16 @@
 draw on these; matplotlib is imported only when a figure is drawn. An implementation keeps its
 colour in every figure of a run (``LayerData.palette``, ``reports.style.palette``); the compile
 mode sets marker and dashes. Facets are laid out in up to three columns so that no figure is
-taller than ``MAX_HEIGHT_PX``; shared legends sit right of the grid, outside the data.
+taller than ``MAX_HEIGHT_PX``; shared legends sit right of the grid, outside the data. Where
+a run's cases ran on several machines, figures of time get a panel per machine and setting
+(``LayerData.facet``), and the roofline draws each machine's own ceilings.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from reports.analysis import growth_exponents, measured
+from reports.meta import machine_ceilings, per_machine, several_machines
+from reports.schema import machine_key_of
 from reports.style import Palette, variant
 
 DPI = 110
@@ -57,6 +61,19 @@ class LayerData:
     meta: dict[str, Any]
     ops: pd.DataFrame  # this layer's ops.csv rows (empty when the run was not profiled)
     palette: Palette  # the run's implementation colours and legend order
+    #: machine key -> its ``machines.json`` record (``{}``: the run's own, ``meta.json``)
+    machines: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    several: bool = False  # the run's cases ran on several machines
+
+    @property
+    def facet(self) -> tuple[str, ...]:
+        """The columns a figure of time has a panel per: the setting, and the machine where
+        there are several (times of two machines do not share a line)."""
+        return (*FACET, "machine") if self.several else FACET
+
+    def ceilings(self, machine: str) -> dict[str, Any]:
+        """Device -> measured ceilings of ``machine`` (``reports.meta.machine_ceilings``)."""
+        return machine_ceilings(self.machines, self.meta, machine)
 
 
 @dataclass(frozen=True)
@@ -67,16 +84,22 @@ class Drawn:
 
 
 def slopes_of(results: pd.DataFrame) -> dict[tuple[str, ...], float]:
-    """(layer, impl, compile, device, dtype, mode) -> growth exponent (where it has one)."""
-    exps = growth_exponents(results)
-    keys = ["layer", "impl", "compile", "device", "dtype", "mode"]
+    """(layer, impl, compile, device, dtype, mode) -> growth exponent (where it has one); the
+    machine last in the key where the cases ran on several (each machine's sizes fitted)."""
+    exps = per_machine(results, growth_exponents)
+    keys = ["layer", "impl", "compile", "device", "dtype", "mode",
+            *(["machine"] if "machine" in exps else [])]
     return {tuple(r[k] for k in keys): r["exponent"] for _, r in exps.iterrows()}
 
 
 def layer_data(results: pd.DataFrame, name: str, meta: dict[str, Any], palette: Palette,
                slopes: dict[tuple[str, ...], float] | None = None,
-               ops: pd.DataFrame | None = None) -> LayerData:
-    """What the figures of layer ``name`` draw from (``slopes``: of the whole run, if known)."""
+               ops: pd.DataFrame | None = None,
+               machines: Mapping[str, Mapping[str, Any]] | None = None) -> LayerData:
+    """What the figures of layer ``name`` draw from (``slopes``: of the whole run, if known;
+    ``machines``: ``machines.json``, by default the run's own machine only)."""
+    if "machine" not in results:  # a frame from before the column: the run's own machine
+        results = results.assign(machine=machine_key_of(meta))
     rows = results[results["layer"] == name]
     size = rows.groupby("case", sort=False)["flops"].min()
     cases = list(size.sort_values(kind="stable", na_position="last").index)
@@ -84,7 +107,8 @@ def layer_data(results: pd.DataFrame, name: str, meta: dict[str, Any], palette: 
     own = {k[1:]: v for k, v in slopes.items() if k[0] == name}
     ops = ops[ops["layer"] == name] if ops is not None and len(ops) else pd.DataFrame(
         columns=["layer", "op"])
-    return LayerData(name, rows, measured(rows), cases, own, meta, ops, palette)
+    return LayerData(name, rows, measured(rows), cases, own, meta, ops, palette,
+                     machines or {}, several_machines(results))
 
 
 def grid(n: int, cols: int | None = None, col_in: float = 4.2, legend_in: float = 2.2,

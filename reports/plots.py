@@ -5,7 +5,9 @@ profiled run, the figures of ``reports.profile_plots``); ``.png`` instead for a 
 points, whose SVG would be large (``reports.figures.save``). Figures are
 ``matplotlib.figure.Figure`` objects drawn without pyplot (no GUI backend, no global registry of
 open figures to leak) under a seaborn theme; matplotlib and seaborn are imported only when a
-figure is drawn, since importing them takes a second or more.
+figure is drawn, since importing them takes a second or more. A run whose cases ran on several
+machines gets a panel per machine in its figures of time (latency, compile) and its roofline,
+each panel under its machine's own ceilings (``machines.json``).
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ ERR_FLOOR = 1e-10  # where an error of exactly 0 is drawn, so a log axis can sho
 
 
 def render(results: pd.DataFrame, meta: dict[str, Any], out_dir: Path,
-           ops: pd.DataFrame | None = None) -> list[Figure]:
+           ops: pd.DataFrame | None = None,
+           machines: dict[str, dict[str, Any]] | None = None) -> list[Figure]:
     """Write every figure ``results`` (and a profiled run's ``ops``) has data for under
-    ``out_dir``; per layer in KINDS order, then the profile figures."""
+    ``out_dir``; per layer in KINDS order, then the profile figures. ``machines``: the run's
+    ``machines.json`` (``reports.schema.load_machines``), whose ceilings the roofline draws."""
     import seaborn as sns
 
     drawers = {**DRAWERS, **(PROFILE_DRAWERS if ops is not None and len(ops) else {})}
@@ -66,7 +70,7 @@ def render(results: pd.DataFrame, meta: dict[str, Any], out_dir: Path,
     figures = []
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.8):
         for name in pd.unique(results["layer"]):
-            layer = layer_data(results, str(name), meta, colors, slopes, ops)
+            layer = layer_data(results, str(name), meta, colors, slopes, ops, machines)
             for kind, draw in drawers.items():
                 drawn = draw(layer)
                 if drawn is None:
@@ -85,10 +89,10 @@ def _latency(layer: LayerData) -> Drawn | None:
     predicted = _predicted(layer.rows)
     if timed.empty:
         return None
-    facets = facet_keys(pd.concat([timed, predicted]))
+    facets = facet_keys(pd.concat([timed, predicted]), layer.facet)
     fig, axes = grid(len(facets), col_in=6.2, legend_in=0.0)  # a legend (slopes) per panel
     for ax, facet in zip(axes, facets, strict=True):
-        sub = subset(timed, FACET, facet)
+        sub = subset(timed, layer.facet, facet)
 
         def label(impl: str, mode: str, facet: tuple[str, ...] = facet) -> str:
             slope = layer.slopes.get((impl, mode, *facet))
@@ -101,7 +105,7 @@ def _latency(layer: LayerData) -> Drawn | None:
             half = np.where(np.isfinite(half), half, 0.0)
             ax.vlines(g["flops"], med - np.minimum(half, 0.9 * med), med + half,
                       color=layer.palette.color(impl), alpha=0.35, linewidth=2.5)
-        pred = subset(predicted, FACET, facet)
+        pred = subset(predicted, layer.facet, facet)
         for impl, mode in variant_pairs(pred, layer.palette):
             g = pick(pred, impl, mode)
             ax.scatter(g["flops"], g["predicted_ms"], s=40, facecolors="none",
@@ -119,6 +123,7 @@ def _latency(layer: LayerData) -> Drawn | None:
                "legend's slope is the growth exponent, fitted over "
                f"{MIN_GROWTH_POINTS} sizes or more (n/a with fewer): 1 means time grows with "
                "the work, well below 1 means fixed overheads dominate these sizes.")
+    caption += _per_machine(layer)
     if not predicted.empty:
         caption += (" Hollow markers are naive-loop cases skipped by the time budget, drawn at "
                     "their predicted time per call.")
@@ -166,20 +171,28 @@ def _peak_key(device: str, dtype: str, table: dict[str, Any], meta: dict[str, An
     return key if key in table else dtype
 
 
+def _per_machine(layer: LayerData) -> str:
+    """What a figure of time says where the cases ran on several machines."""
+    return (" A panel per machine (named last in its title): times of different machines are "
+            "not comparable." if layer.several else "")
+
+
 def _roofline(layer: LayerData) -> Drawn | None:
-    calibration = layer.meta.get("calibration") or {}
     t = layer.timed
-    data = t[positive(t["gflops"]) & positive(t["flops"]) & positive(t["bytes"])
-             & t["device"].isin(list(calibration))]
+    ceilings = {m: layer.ceilings(m) for m in pd.unique(t["machine"])}
+    calibrated = np.array([d in ceilings[m] for d, m in zip(t["device"], t["machine"],
+                                                             strict=True)], dtype=bool)
+    data = t[positive(t["gflops"]) & positive(t["flops"]) & positive(t["bytes"]) & calibrated]
     if data.empty:
         return None
     rank = {c: i / max(len(layer.cases) - 1, 1) for i, c in enumerate(layer.cases)}
     data = data.assign(intensity=data["flops"] / data["bytes"],
                        area=14 + 56 * data["case"].map(rank).fillna(0.0))
-    facets = facet_keys(data)
+    facets = facet_keys(data, layer.facet)
     fig, axes = grid(len(facets))
-    for ax, (device, dtype, mode) in zip(axes, facets, strict=True):
-        sub = subset(data, FACET, (device, dtype, mode))
+    for ax, facet in zip(axes, facets, strict=True):
+        sub = subset(data, layer.facet, facet)
+        (device, dtype, _), machine = facet[:3], sub["machine"].iloc[0]
         best = []
         for impl, compile_mode in variant_pairs(sub, layer.palette):
             g = pick(sub, impl, compile_mode)
@@ -189,19 +202,23 @@ def _roofline(layer: LayerData) -> Drawn | None:
             top = g.loc[g["gflops"].idxmax()]
             best.append((top["intensity"], top["gflops"], variant(impl, compile_mode),
                          layer.palette.color(impl)))
-        _ceiling(ax, calibration[device], device, dtype, layer.meta, sub)
+        own = {**layer.meta, "machine": layer.machines.get(machine) or layer.meta.get("machine")}
+        _ceiling(ax, ceilings[machine][device], device, dtype, own, sub)
         ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs per byte)",
                ylabel="achieved GFLOP/s")
         ax.autoscale_view()
         label_points(ax, best, top=0.88)  # above: the ceiling's label
-        facet_title(ax, (device, dtype, mode))
+        facet_title(ax, facet)
     fig_legend(fig, axes)
+    whose = "each panel's machine's" if layer.several else "this machine's"
     caption = ("Achieved GFLOP/s against arithmetic intensity (FLOPs per byte moved), both on log "
                "scales; the larger the marker, the more FLOPs the size, and each variant's "
                "fastest point carries its name. The grey line is the attainable ceiling, "
-               "min(peak matmul GFLOP/s, intensity x copy GB/s), from this machine's "
+               f"min(peak matmul GFLOP/s, intensity x copy GB/s), from {whose} "
                "calibration: points under its slope are memory-bound, under its flat part "
                "compute-bound; the gap is headroom.")
+    if layer.several:
+        caption += " A panel per machine (named last in its title)."
     return Drawn(fig, f"{layer.name}: roofline ({setting(data)})", caption)
 
 
@@ -305,11 +322,12 @@ def _compile(layer: LayerData) -> Drawn | None:
     data = t[t["impl"].isin(set(compiled["impl"]))]
     cases, pos = positions(layer.cases, compiled)
     data = data[data["case"].isin(pos)]
-    facets = facet_keys(compiled)
+    facets = facet_keys(compiled, layer.facet)
     fig, axes = grid(2 * len(facets), cols=2, extra_in=CASE_LABELS_IN)
     for left, right, facet in zip(axes[0::2], axes[1::2], facets, strict=True):
-        lines(left, subset(data, FACET, facet), "case", "median_ms", layer.palette, pos=pos)
-        lines(right, subset(compiled, FACET, facet), "case", "compile_s", layer.palette,
+        lines(left, subset(data, layer.facet, facet), "case", "median_ms", layer.palette,
+              pos=pos)
+        lines(right, subset(compiled, layer.facet, facet), "case", "compile_s", layer.palette,
               pos=pos)
         left.set(yscale="log", ylabel="median time per call (ms)")
         right.set(yscale="log", ylabel="compile time (s)")
@@ -320,13 +338,14 @@ def _compile(layer: LayerData) -> Drawn | None:
     caption = ("Left: median time per call, eager (solid, circles) against torch.compile (other "
                "dashes and markers) per implementation and size; right: compile time, the first "
                "call's duration minus one call, in seconds. Compiling pays off once the time saved "
-               "per call times the number of calls exceeds the compile time.")
+               "per call times the number of calls exceeds the compile time."
+               + _per_machine(layer))
     return Drawn(fig, f"{layer.name}: torch.compile ({setting(compiled)})", caption)
 
 
 def _backward(layer: LayerData) -> Drawn | None:
     t = layer.timed
-    on = ["impl", "compile", "device", "dtype", "case"]
+    on = ["impl", "compile", "device", "dtype", "case", "machine"]  # one machine's pair
     pairs = t[t["mode"] == "fwd"].merge(t[t["mode"] == "fwdbwd"], on=on, suffixes=("", "_bwd"))
     if pairs.empty:
         return None

@@ -4,8 +4,12 @@ Both open with the answer (``reports.verdict``: per layer and setting, the faste
 implementation or a tie, the best hand-written one against the builtin, how many cases are
 correct, which need a second look), then each layer's tables and figures, every case, and the
 run's machine and method last. Everything is rebuilt from the files of the run
-(``results.csv``, ``meta.json``, ``ops.csv``, ``profile/``), so ``python cli.py report RUN_DIR``
-gives the same report as the end of ``bench``.
+(``results.csv``, ``meta.json``, ``machines.json``, ``ops.csv``, ``profile/``), so ``python
+cli.py report RUN_DIR`` gives the same report as the end of ``bench``.
+
+Where the cases ran on several machines (a Dask cluster, merged shards), a Machines section
+describes each, the tables get a ``machine`` column, the verdict says that speeds are against
+each machine's own builtin, and figures of time and the roofline get a panel per machine.
 """
 
 from __future__ import annotations
@@ -17,12 +21,19 @@ import pandas as pd
 
 from reports import html
 from reports.analysis import MARK_LEGEND, marks, profile_table
-from reports.columns import Col, results_columns
+from reports.columns import RESULTS, Col, results_columns
 from reports.console import load_lines, say
 from reports.markdown import definitions, md_table
-from reports.meta import environment_rows
+from reports.meta import (
+    MACHINE_COLUMNS,
+    environment_rows,
+    machine_keys,
+    machine_table,
+    machines_shown,
+    several_machines,
+)
 from reports.outcome import UsageError
-from reports.schema import KEY_COLUMNS, PROFILE_DIR, load_ops, load_run, trace_name
+from reports.schema import KEY_COLUMNS, PROFILE_DIR, load_machines, load_ops, load_run, trace_name
 from reports.style import palette
 from reports.summary import (
     BEST_COLUMNS,
@@ -35,7 +46,7 @@ from reports.summary import (
     status_counts,
     variant_summary,
 )
-from reports.verdict import verdicts
+from reports.verdict import machines_note, verdicts
 
 __all__ = ["build_report", "contents", "report", "status_counts", "variant_summary"]
 
@@ -55,6 +66,9 @@ VERDICT_COLUMNS = [
     Col("correct", "correct", tip="cases correct against the float64 reference"),
     Col("failed", "not correct or not run"), Col("look", "take a second look"),
 ]
+#: the verdict's column where the cases ran on several machines, after the setting
+VERDICT_MACHINES = Col("machines", "machines", "int", "machines its cases ran on, each timing "
+                       "its implementations against its own builtin")
 #: columns of the every-case table shown only where a row has a value other than 0 (CUDA,
 #: compile, profile)
 SOMETIMES = frozenset({"wall_ms", "compile_s", "peak_mem_bytes", "op_calls", "tf32"})
@@ -93,19 +107,22 @@ def build_report(run_dir: str | Path) -> list[Path]:
 
     run_dir = Path(run_dir)
     results, meta = load_run(run_dir)
+    machines = load_machines(run_dir, meta)
     ops = load_ops(run_dir)
-    figures = render(results, meta, run_dir / "plots", ops)
+    figures = render(results, meta, run_dir / "plots", ops, machines)
     pages = _profile_pages(run_dir, ops)
     profiled = profile_table(results, ops)
     order = palette(meta, results["impl"])
-    summaries = {layer: layer_summary(rows, profiled[profiled["layer"] == layer], order)
+    split = several_machines(results)
+    summaries = {layer: layer_summary(rows, profiled[profiled["layer"] == layer], order, split)
                  for layer, rows in results.groupby("layer", sort=False)}
     title = f"layerbench report: {meta.get('run_id', run_dir.name)}"
     html_path, md_path = run_dir / "report.html", run_dir / "report.md"
-    body = _html_body(results, meta, summaries, figures, _links(results, figures, pages,
-                                                                run_dir))
-    html_path.write_text(html.page(title, body, _subtitle(results, meta)), encoding="utf-8")
-    md_path.write_text(_markdown(title, results, meta, summaries, figures, run_dir),
+    body = _html_body(results, meta, machines, summaries, figures,
+                      _links(results, figures, pages, run_dir))
+    html_path.write_text(html.page(title, body, _subtitle(results, meta, machines)),
+                         encoding="utf-8")
+    md_path.write_text(_markdown(title, results, meta, machines, summaries, figures, run_dir),
                        encoding="utf-8")
     return [html_path, md_path, *(f.path for f in figures), *pages.values()]
 
@@ -137,11 +154,43 @@ def _profile_pages(run_dir: Path, ops: pd.DataFrame) -> dict[tuple[str, ...], Pa
     return write_run_pages(run_dir)
 
 
-def _subtitle(results: pd.DataFrame, meta: dict[str, Any]) -> str:
-    machine = meta.get("machine") or {}
+def _subtitle(results: pd.DataFrame, meta: dict[str, Any],
+              machines: dict[str, dict[str, Any]]) -> str:
     devices = ", ".join(pd.unique(results["device"]))
-    return (f"{len(results)} cases on {devices} ({machine.get('cpu_model', '?')}, torch "
-            f"{machine.get('torch', '?')}), {str(meta.get('start_time', '?'))[:16]}")
+    machine = _one_machine(results, meta, machines)
+    where = _cpu(results, meta, machines) + (
+        "" if machine is None else f", torch {machine.get('torch', '?')}")
+    return f"{len(results)} cases on {devices} ({where}), {str(meta.get('start_time', '?'))[:16]}"
+
+
+def _one_machine(results: pd.DataFrame, meta: dict[str, Any],
+                 machines: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The record of the one machine the cases ran on (``meta.json``'s unless they ran
+    elsewhere); None where they ran on several."""
+    if several_machines(results):
+        return None
+    own = meta.get("machine") or {}
+    if not machines_shown(results, meta):
+        return own
+    return machines.get(machine_keys(results)[0]) or own
+
+
+def _cpu(results: pd.DataFrame, meta: dict[str, Any],
+         machines: dict[str, dict[str, Any]]) -> str:
+    machine = _one_machine(results, meta, machines)
+    return f"{len(machine_keys(results))} machines" if machine is None else str(
+        machine.get("cpu_model", "?"))
+
+
+def _with_machine(columns: list[Col], several: bool, column: Col = RESULTS["machine"]
+                  ) -> list[Col]:
+    """``columns``, and ``column`` after their setting where the cases ran on ``several``
+    machines."""
+    if not several:
+        return columns
+    keys = [c.key for c in columns]
+    at = keys.index("setting") + 1 if "setting" in keys else 1
+    return [*columns[:at], column, *columns[at:]]
 
 
 def _links(results: pd.DataFrame, figures: list[Any], pages: dict[tuple[str, ...], Path],
@@ -183,67 +232,83 @@ def _html_table(frame: pd.DataFrame, columns: list[Col], **options: Any) -> str:
 
 
 def _html_body(results: pd.DataFrame, meta: dict[str, Any],
+               machines: dict[str, dict[str, Any]],
                summaries: dict[str, dict[str, pd.DataFrame]], figures: list[Any],
                links: list[str]) -> str:
     warnings, legend = _warnings(results, meta)
-    toc = " ".join(f'<a href="#{html.esc(x)}">{html.esc(x)}</a>'
-                   for x in ["verdict", *summaries, "every-case", "run"])
+    several, shown = several_machines(results), machines_shown(results, meta)
+    toc = " ".join(f'<a href="#{html.esc(x)}">{html.esc(x)}</a>' for x in [
+        "verdict", *summaries, "every-case", *(["machines"] if shown else []), "run"])
+    columns = _with_machine(VERDICT_COLUMNS, several, VERDICT_MACHINES)
     parts = [f'<nav class="toc">{toc}</nav>',
              *(f'<p class="warning">{html.esc(line)}</p>' for line in warnings),
              '<h2 id="verdict">Verdict</h2>',
-             html.table(verdicts(results), VERDICT_COLUMNS).replace("<table", '<table '
-                                                                    'class="verdict"', 1)]
+             html.table(verdicts(results), columns).replace("<table", '<table '
+                                                            'class="verdict"', 1)]
+    if note := machines_note(results):
+        parts.append(f'<p class="note">{html.esc(note)}</p>')
     if legend:
         parts.append(f'<p class="note">Marks: {html.esc(legend)}. Hover over a highlighted '
                      "row for its flags.</p>")
     for layer, summary in summaries.items():
-        parts += [f'<h2 id="{html.esc(layer)}">{html.esc(layer)}</h2>',
-                  "<h3>Implementations</h3>", html.table(summary["variants"], VARIANT_COLUMNS,
-                                                         sortable=True)]
+        parts += [f'<h2 id="{html.esc(layer)}">{html.esc(layer)}</h2>', "<h3>Implementations</h3>",
+                  html.table(summary["variants"], _with_machine(VARIANT_COLUMNS, several),
+                             sortable=True)]
         for name, title, columns in (
                 ("best", "Fastest correct implementation per size", BEST_COLUMNS),
                 ("unstable", "Unstable or flagged cases", UNSTABLE_COLUMNS),
                 ("problems", "Failures and skips", PROBLEM_COLUMNS)):
             if len(summary[name]):
-                parts += [f"<h3>{title}</h3>", _html_table(summary[name], columns,
-                                                           sortable=True)]
+                parts += [f"<h3>{title}</h3>", _html_table(
+                    summary[name], _with_machine(columns, several), sortable=True)]
         if len(summary["profile"]):
             parts += ["<h3>Where the time goes (profiled)</h3>",
-                      _html_table(summary["profile"], PROFILE_COLUMNS, sortable=True),
+                      _html_table(summary["profile"], _with_machine(PROFILE_COLUMNS, several),
+                                  sortable=True),
                       f'<p class="note">{html.esc(PROFILE_NOTE)}</p>']
         parts += [html.figure(f.path, f"{f.title}. {f.caption}", _figure_id(f))
                   for f in figures if f.layer == layer]
     table = marked(results)
-    every = [c for c in EVERY_CASE
-             if c.key not in SOMETIMES or (table[c.key].fillna(0) != 0).any()]
+    every = _with_machine([c for c in EVERY_CASE if c.key not in SOMETIMES
+                           or (table[c.key].fillna(0) != 0).any()], several)
     parts += ['<h2 id="every-case">Every case</h2>',
               _html_table(table, every, links=links, scroll=True, sortable=True,
-                          filterable=True, table_id="cases"),
-              '<h2 id="run">Run and method</h2>', html.definitions(environment_rows(meta)),
+                          filterable=True, table_id="cases")]
+    if shown:
+        parts += ['<h2 id="machines">Machines</h2>',
+                  html.table(machine_table(machines, results), MACHINE_COLUMNS)]
+    parts += ['<h2 id="run">Run and method</h2>', html.definitions(environment_rows(meta, results)),
               html.table(status_counts(results)), f'<p class="note">{html.esc(METHOD)}</p>']
     return "\n".join(parts)
 
 
-def _md_table(frame: pd.DataFrame, columns: list[Col]) -> str:
-    """``frame`` in Markdown, with its ``flags`` column only where a row has some."""
+def _md_table(frame: pd.DataFrame, columns: list[Col], several: bool = False) -> str:
+    """``frame`` in Markdown, with its ``flags`` column only where a row has some (and its
+    machine where the cases ran on ``several``)."""
     flags = "flags" in frame.columns and (frame["flags"] != "").any()
-    return md_table(frame, [c for c in columns if c.key != "flags" or flags])
+    return md_table(frame, _with_machine([c for c in columns if c.key != "flags" or flags],
+                                         several))
 
 
 def _markdown(title: str, results: pd.DataFrame, meta: dict[str, Any],
+              machines: dict[str, dict[str, Any]],
               summaries: dict[str, dict[str, pd.DataFrame]], figures: list[Any],
               run_dir: Path) -> str:
-    machine = meta.get("machine") or {}
-    keep = {"run", "command", "CPU", "versions", "git commit", "machine load"}
-    rows = [(k, v) for k, v in environment_rows(meta) if k in keep or k.startswith(("GPU",
-                                                                                  "ceilings"))]
+    keep = {"run", "command", "CPU", "versions", "git commit", "machine load", "cases ran on"}
+    rows = [(k, v) for k, v in environment_rows(meta, results)
+            if k in keep or k.startswith(("GPU", "ceilings"))]
     warnings, legend = _warnings(results, meta)
+    several = several_machines(results)
     lines = [f"# {title}", "", *(f"> **{line}**\n" for line in warnings), "## Verdict", "",
-             md_table(verdicts(results), VERDICT_COLUMNS), ""]
+             md_table(verdicts(results), _with_machine(VERDICT_COLUMNS, several,
+                                                       VERDICT_MACHINES)), ""]
+    if note := machines_note(results):
+        lines += [note, ""]
     if legend:
         lines += [f"Marks: {legend}.", ""]
     for layer, summary in summaries.items():
-        lines += [f"## {layer}", "", md_table(summary["variants"], VARIANT_COLUMNS), ""]
+        lines += [f"## {layer}", "", _md_table(summary["variants"], VARIANT_COLUMNS, several),
+                  ""]
         problems = summary["problems"]
         for title, frame, columns in (
                 ("Fastest per size", summary["best"], BEST_COLUMNS),
@@ -251,7 +316,7 @@ def _markdown(title: str, results: pd.DataFrame, meta: dict[str, Any],
                 ("Failures", problems[problems["status"] != "skipped"], PROBLEM_COLUMNS),
                 ("Where the time goes (profiled)", summary["profile"], PROFILE_COLUMNS)):
             if len(frame):
-                lines += [f"**{title}:**", "", _md_table(frame, columns), ""]
+                lines += [f"**{title}:**", "", _md_table(frame, columns, several), ""]
         if len(summary["unstable"]) > MD_ROWS:
             lines += [f"… and {len(summary['unstable']) - MD_ROWS} more unstable or flagged "
                       "case(s) in report.html.", ""]
@@ -261,7 +326,10 @@ def _markdown(title: str, results: pd.DataFrame, meta: dict[str, Any],
                  for f in figures if f.layer == layer]
         if links:
             lines += ["Figures: " + " · ".join(links), ""]
+    if machines_shown(results, meta):
+        lines += ["## Machines", "", md_table(machine_table(machines, results),
+                                              MACHINE_COLUMNS), ""]
     lines += ["## Run", "", definitions(rows), "",
               f"Full report: `report.html`; every case: `results.csv` "
-              f"({len(results)} rows, {machine.get('cpu_model', '?')}).", ""]
+              f"({len(results)} rows, {_cpu(results, meta, machines)}).", ""]
     return "\n".join(lines)

@@ -2,7 +2,10 @@
 
 ``report.html`` and ``report.md`` show the same tables: per layer the implementations (speed
 against the builtin, growth, roofline), the fastest per size, the cases that need a second
-look, the failures and skips, and where a profiled case spends its time.
+look, the failures and skips, and where a profiled case spends its time. Where a run's cases
+ran on several machines, the implementations, the growth and the fastest per size are each
+machine's (a ``machine`` column): times of different machines are not fitted or ranked
+together.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import pandas as pd
 
 from reports.analysis import best_per_size, growth_exponents, marks, measured
 from reports.columns import Col, results_columns
+from reports.meta import per_machine, several_machines
 from reports.schema import STATUSES
 from reports.style import Palette, variants
 from reports.verdict import speeds
@@ -30,22 +34,26 @@ def status_counts(results: pd.DataFrame) -> pd.DataFrame:
     return counts
 
 
-def variant_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """Per variant and setting: cases, correct ones, geometric-mean speedup vs the builtin with
-    its 95% interval (``reports.verdict``), growth exponent (NaN below three sizes), best
-    roofline fraction, the range of its times (smallest to largest size), correct sizes marked
-    unstable (``~``) or flagged implausible (``!``)."""
-    exponents = growth_exponents(results).set_index(["impl", "compile", *SETTING])["exponent"]
+def variant_summary(results: pd.DataFrame, split: bool | None = None) -> pd.DataFrame:
+    """Per variant and setting (and ``machine`` where ``split``; default: where the rows ran on
+    several): cases, correct ones, geometric-mean speedup vs the builtin with its 95% interval
+    (``reports.verdict``), growth exponent (NaN below three sizes), best roofline fraction, the
+    range of its times (smallest to largest size), correct sizes marked unstable (``~``) or
+    flagged implausible (``!``)."""
+    split = several_machines(results) if split is None else split
+    by = ["impl", "compile", *SETTING, *(["machine"] if split else [])]
+    exponents = per_machine(results, growth_exponents, split).set_index(by)["exponent"]
     rows = []
     timed = measured(results)
-    for key, group in results.groupby(["impl", "compile", *SETTING], sort=False):
+    for key, group in results.groupby(by, sort=False):
         ok = timed.loc[timed.index.intersection(group.index)]
         ok = ok[ok["status"] == "ok"]
         speed = speeds(group)
         judged = ok["stable"].notna().any()  # runs before stability was judged: unknown
         by_size = ok.sort_values("flops", kind="stable")["median_ms"]
         rows.append({
-            "variant": variants(group.iloc[:1])[0], "setting": " ".join(key[2:]),
+            "variant": variants(group.iloc[:1])[0], "setting": " ".join(key[2:5]),
+            **({"machine": key[5]} if split else {}),
             "cases": len(group), "ok": int((group["status"] == "ok").sum()),
             "speedup_vs_builtin": speed[0].speedup if speed else np.nan,
             "speedup_lo": speed[0].lo if speed and not speed[0].builtin else np.nan,
@@ -91,12 +99,15 @@ def setting_of(rows: pd.DataFrame) -> pd.Series | list[str]:
     return rows[SETTING].agg(" ".join, axis=1) if len(rows) else []
 
 
-def best_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """The fastest correct implementation per size, as the report shows it."""
-    best = best_per_size(rows)
+def best_table(rows: pd.DataFrame, split: bool | None = None) -> pd.DataFrame:
+    """The fastest correct implementation per size (per machine where ``split``), as the report
+    shows it."""
+    best = per_machine(rows, best_per_size, split)
+    machine = ["machine"] if "machine" in best else []
     return best.assign(setting=setting_of(best))[
-        ["setting", "case", "verdict", "median_ms", "ci_lo_ms", "ci_hi_ms", "speedup_vs_builtin",
-         "speedup_lo", "speedup_hi", "gflops", "runner_up", "runner_up_ratio", "flags"]]
+        ["setting", *machine, "case", "verdict", "median_ms", "ci_lo_ms", "ci_hi_ms",
+         "speedup_vs_builtin", "speedup_lo", "speedup_hi", "gflops", "runner_up",
+         "runner_up_ratio", "flags"]]
 
 
 BEST_COLUMNS = [
@@ -121,13 +132,15 @@ PROFILE_COLUMNS = [
 ]
 
 
-def layer_summary(rows: pd.DataFrame, profiled: pd.DataFrame,
-                  order: Palette) -> dict[str, pd.DataFrame]:
-    """One layer's tables: ``variants``, ``best``, ``unstable``, ``problems``, ``profile``."""
+def layer_summary(rows: pd.DataFrame, profiled: pd.DataFrame, order: Palette,
+                  split: bool | None = None) -> dict[str, pd.DataFrame]:
+    """One layer's tables: ``variants``, ``best``, ``unstable``, ``problems``, ``profile``;
+    ``split``: per machine (default: where ``rows`` ran on several)."""
     problems = marked(rows[rows["status"] != "ok"])
     ok = rows[rows["status"] == "ok"]
     shaky = marked(ok[marks(ok) != ""])
-    profiled = marked(profiled.merge(rows[[*KEY, "stable", "flags"]], on=KEY, how="left")
+    extra = ["stable", "flags", *(["machine"] if "machine" in rows else [])]
+    profiled = marked(profiled.merge(rows[[*KEY, *extra]], on=KEY, how="left")
                       .fillna({"flags": ""}))
     if len(profiled):  # the run's order of implementations, then smallest size first
         rank = {impl: i for i, impl in enumerate(order.sorted(profiled["impl"]))}
@@ -135,5 +148,5 @@ def layer_summary(rows: pd.DataFrame, profiled: pd.DataFrame,
         profiled = profiled.assign(_i=profiled["impl"].map(rank),
                                    _f=profiled["case"].map(flops)).sort_values(
             ["setting", "_i", "compile", "_f"], kind="stable")
-    return {"variants": variant_summary(rows), "best": best_table(rows),
+    return {"variants": variant_summary(rows, split), "best": best_table(rows, split),
             "problems": problems, "unstable": shaky, "profile": profiled}

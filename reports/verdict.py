@@ -8,6 +8,10 @@ ratios, ``speedup_lo``/``speedup_hi``) on the log scale as independent errors. A
 is a candidate for *fastest* only if it ran correctly at every size the setting measured; the
 best hand-written one (any implementation but the builtin, compiled or not) is the fastest of
 those that ran every size, else of all, and is named with the sizes it covered.
+
+Where the cases ran on several machines, each speedup is against the builtin of the same size
+on the same machine (they ran together), so speeds of different machines average together;
+times do not, and the fastest per size is found among one machine's rows.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from reports.analysis import best_per_size, marks, measured
+from reports.meta import machine_keys, per_machine
 from reports.schema import BASELINE_IMPL
 from reports.style import variant
 
@@ -109,7 +114,7 @@ def speed_text(s: Speed) -> str:
 def wins(rows: pd.DataFrame) -> str:
     """How often each variant was the fastest at one size: ``builtin 5, flash 2, tie 2 (of
     9)``."""
-    best = best_per_size(rows)
+    best = per_machine(rows, best_per_size)
     if best.empty:
         return ""
     won = best["best"].where(best["separated"] != False, "tie")  # noqa: E712 (NaN: unknown)
@@ -122,7 +127,8 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
     """One row per layer and setting: ``layer``, ``setting``, ``fastest`` (a name or ``tie:
     a, b``, with speeds), ``wins`` (fastest per size), ``hand`` (the best hand-written variant,
     its speed and the sizes it covered), ``correct`` (``52 of 54``), ``failed`` (what went
-    wrong: counts per status), ``look`` (unstable and flagged counts), ``sizes``."""
+    wrong: counts per status), ``look`` (unstable and flagged counts), ``sizes``,
+    ``machines`` (how many its cases ran on)."""
     rows = []
     for key, group in results.groupby(SETTING, sort=False):
         sizes = group.loc[group["status"] == "ok", "case"].nunique()
@@ -146,7 +152,18 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
             "look": ", ".join(f"{n} {what}" for what, n in (
                 ("unstable (~)", int(mark.str.contains("~", regex=False).sum())),
                 ("flagged (!)", int(mark.str.contains("!", regex=False).sum()))) if n),
-            "sizes": sizes,
+            "sizes": sizes, "machines": max(len(machine_keys(group)), 1),
         })
     return pd.DataFrame(rows, columns=["layer", "setting", "fastest", "wins", "hand", "correct",
-                                       "failed", "look", "sizes"])
+                                       "failed", "look", "sizes", "machines"])
+
+
+def machines_note(results: pd.DataFrame) -> str:
+    """What a verdict over several machines means ('' for one machine)."""
+    keys = machine_keys(results)
+    if len(keys) < 2:
+        return ""
+    return (f"The cases ran on {len(keys)} machines ({', '.join(keys)}; see Machines). Every "
+            "speed is against the eager builtin of the same size on the same machine, each "
+            "machine's own builtin, so speeds compare across machines; times, and the fastest "
+            "per size, compare only within one machine.")

@@ -43,14 +43,8 @@ from suites import calibration
 from suites.compilation import PROJECT_ROOT, use_project_cache
 from suites.config import BenchConfig, CheckOptions, RunOptions, config_from_dict
 from suites.presets import PRESET_NAMES
-from suites.session import (
-    choose,
-    layer_names,
-    load_impl_files,
-    measure,
-    planned,
-    timing_config,
-)
+from suites.resolve import choose, layer_names, load_impl_files, planned, timing_config
+from suites.session import measure
 
 CODE_FILE = "code.tar.gz"  # the code the baseline timed: the project's packages + impl files
 CODE_PARTS = ("cli.py", "impls", "suites", "reports")

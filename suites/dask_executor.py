@@ -27,13 +27,15 @@ import logging
 import multiprocessing
 import tempfile
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import dask
-from distributed import Client, KilledWorker, LocalCluster, Lock, as_completed
+from distributed import Client, KilledWorker, LocalCluster, Lock, get_worker
 
 from reports.outcome import UsageError
 from reports.record import Case
@@ -46,8 +48,16 @@ from suites.executors import Finished
 from suites.faults import NOTE_CHARS, describe
 from suites.isolation import Isolated, Lost, Target
 
+PROGRESS = "layerbench-case"  # the event topic of the cases tasks start (see ``_killed``)
 CONNECT_S = 10.0  # a scheduler that does not answer within this is bad input
 WORKERS_S = 30.0  # ... and so is one that has no worker after this
+NO_WORKER_S = 120.0  # a run whose workers all died gives up their tasks after this long
+POLL_S, CHECK_S = 0.1, 5.0  # how often to look for finished tasks, and for workers
+#: the local cluster's: workers may start the child processes cases run in, a task is retried
+#: once after its worker died, and a dead worker's machine lock is free again within seconds
+LOCAL_SETTINGS = {"distributed.worker.daemon": False, "distributed.scheduler.allowed-failures": 1,
+                  "distributed.scheduler.locks.lease-timeout": "5s",
+                  "distributed.scheduler.locks.lease-validation-interval": "1s"}
 DAEMON_FIX = ("start the workers with DASK_DISTRIBUTED__WORKER__DAEMON=False in their "
               "environment (or `dask worker --no-nanny`): each runs its cases in a child "
               "process, which a daemonic Dask worker may not start")
@@ -62,6 +72,7 @@ class UnitDone:
     record: dict[str, Any]
     outcomes: list[list[Any]]
     files: dict[str, bytes]
+    groups: list[list[Case]] | None = None  # which groups ``outcomes`` are of (None: all)
 
 
 class Dask:
@@ -73,6 +84,9 @@ class Dask:
         self.machines: dict[str, dict[str, Any]] = {}
         self._cluster: LocalCluster | None = None
         self._futures: list[Any] = []
+        self._sources: tuple[tuple[str, str], ...] = ()
+        self._deaths: dict[tuple[str, ...], list[str]] = {}  # case key -> where its worker died
+        self._abandoned: set[str] = set()  # keys of tasks given up for want of workers
         self._client = self._connect()
         try:
             self._workers = self._check_workers()
@@ -95,28 +109,113 @@ class Dask:
         units: dict[tuple[str, ...], list[list[Case]]] = {}
         for group in groups:
             units.setdefault(family_key(group[0]), []).append(group)
-        sources = tuple((str(p), Path(p).read_text(encoding="utf-8"))
-                        for p in self.config.impl_files)
-        pending = {}
-        for unit in units.values():
-            gpu = device(unit[0][0].device).kind != "cpu"
-            future = self._client.submit(
-                run_unit, self.config, self.target, unit, sources, profile_root is not None,
-                pure=False, resources={"GPU": 1} if gpu else None,
-                key=f"layerbench-{'-'.join(family_key(unit[0][0]))}-{id(unit)}")
-            pending[future] = unit
-        self._futures = list(pending)
-        for future in as_completed(pending, loop=self._client.loop):
+        self._sources = tuple((str(p), Path(p).read_text(encoding="utf-8"))
+                              for p in self.config.impl_files)
+        pending = {self._submit(unit, profile_root): unit for unit in units.values()}
+        for future in self._finished(pending):
             unit = pending.pop(future)
-            done = self._collect(future, unit)
+            try:
+                if future.key in self._abandoned:
+                    raise RuntimeError(f"no Dask worker was left for {NO_WORKER_S:g} s (all "
+                                       "died and none came back)")
+                done = future.result()
+            except KilledWorker as exc:
+                lost, rest = self._killed(future.key, unit, exc)
+                if rest:  # what was not in flight at a second death: again
+                    pending[self._submit(rest, profile_root)] = rest
+                done = lost
+            except Exception as exc:  # the task failed outside any case: nothing to keep
+                reason = f"its Dask task failed: {describe(exc, NOTE_CHARS)}"
+                done = UnitDone("unknown", {}, [[Lost("error", reason)] * len(g) for g in unit],
+                                {})
+            self._register(done)
             if profile_root is not None:
                 for name, data in done.files.items():
                     path = profile_root / name
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(data)
-            for group, outcomes in zip(unit, done.outcomes, strict=True):
+            groups_done = unit if done.groups is None else done.groups
+            for group, outcomes in zip(groups_done, done.outcomes, strict=True):
                 started(group[0])
                 yield Finished(group, outcomes, done.machine)
+
+    def _finished(self, pending: dict[Any, Any]) -> Iterator[Any]:
+        """The futures of ``pending`` as they finish (``pending`` may grow meanwhile); after
+        ``NO_WORKER_S`` without a single worker (all died, none came back), every one left,
+        abandoned: a run never waits for workers that will not come."""
+        alone_since, checked = None, 0.0
+        while pending:
+            if done := [f for f in pending if f.done()]:
+                alone_since = None
+                yield from done
+                continue
+            now = time.monotonic()
+            if now - checked > CHECK_S:
+                checked = now
+                if self._client.scheduler_info(n_workers=-1)["workers"]:
+                    alone_since = None
+                elif alone_since is None:
+                    alone_since = now
+                elif now - alone_since > NO_WORKER_S:
+                    for future in list(pending):
+                        self._abandoned.add(future.key)
+                        future.cancel()
+                        yield future
+                    return
+            time.sleep(POLL_S)
+
+    def _submit(self, unit: list[list[Case]], profile_root: Path | None) -> Any:
+        gpu = device(unit[0][0].device).kind != "cpu"
+        key = f"layerbench-{'-'.join(family_key(unit[0][0]))}-{uuid.uuid4().hex[:8]}"
+        future = self._client.submit(run_unit, self.config, self.target, unit, self._sources,
+                                     profile_root is not None, key, pure=False, key=key,
+                                     resources={"GPU": 1} if gpu else None)
+        self._futures.append(future)
+        return future
+
+    def _killed(self, key: str, unit: list[list[Case]],
+                exc: KilledWorker) -> tuple[UnitDone, list[list[Case]]]:
+        """A task whose workers all died. The case each worker was running when it died (its
+        last word, a ``PROGRESS`` event) counts a death; a case at its second death becomes an
+        ``error`` row naming the machines, and the rest of the task runs again. A task whose
+        workers died before saying which case they ran is lost as a whole."""
+        starts = [m for _, m in self._client.get_events(PROGRESS) if m["task"] == key]
+        last: dict[str, dict[str, Any]] = {}
+        for start in starts:
+            last[start["worker"]] = start  # the case each worker was running when it died
+        for start in last.values():
+            case_key = tuple(start["case"])
+            self._deaths.setdefault(case_key, []).append(
+                f"{start['machine']} ({start['worker']})")
+        dead = {k for k, where in self._deaths.items() if len(where) >= 2}
+        if last:
+            lost = [[c for c in g if c.key in dead] for g in unit]
+            rest = [[c for c in g if c.key not in dead] for g in unit]
+        else:
+            lost, rest = unit, []
+        machine = starts[-1]["machine"] if starts else str(
+            getattr(exc.last_worker, "host", "") or "unknown")
+        outcomes = []
+        for group in lost:
+            outcomes.append([Lost("error", self._death_reason(case, exc)) for case in group])
+        kept = [g for g in lost if g]
+        return (UnitDone(machine, {}, [o for o in outcomes if o], {}, groups=kept),
+                [g for g in rest if g])
+
+    def _death_reason(self, case: Case, exc: KilledWorker) -> str:
+        where = self._deaths.get(case.key)
+        if where:
+            return (f"its Dask worker died while running it, {len(where)} times (on "
+                    f"{', then '.join(where)}); not run again")
+        address = getattr(exc.last_worker, "address", exc.last_worker)
+        return (f"lost: {exc.allowed_failures + 1} Dask workers died running its size family "
+                f"(last {address}) before saying which case they ran")
+
+    def _register(self, done: UnitDone) -> None:
+        """Add what ``done`` says of its machine to ``machines`` (ceilings of more devices)."""
+        known = self.machines.setdefault(done.machine, {"key": done.machine})
+        ceilings = {**known.get("calibration", {}), **done.record.get("calibration", {})}
+        known.update({**done.record, "calibration": ceilings})
 
     def close(self, kill: bool = False) -> None:
         with contextlib.suppress(Exception):
@@ -128,30 +227,6 @@ class Dask:
             with contextlib.suppress(Exception):
                 self._cluster.close()
         self._futures, self._cluster = [], None
-
-    def _collect(self, future: Any, unit: list[list[Case]]) -> UnitDone:
-        """A finished task's outcomes; a task that failed (its workers died, or it raised)
-        gives ``error`` outcomes naming where."""
-        try:
-            done: UnitDone = future.result()
-        except KilledWorker as exc:
-            address = getattr(exc.last_worker, "address", str(exc.last_worker))
-            machine = self._workers.get(address) or getattr(exc.last_worker, "host", address)
-            tries = exc.allowed_failures + 1
-            reason = (f"lost: the Dask worker running its size family died {tries} "
-                      f"time{'s' * (tries > 1)} (last {address} on machine {machine}); "
-                      "nothing came back")
-            return self._lost(unit, machine, reason)
-        except Exception as exc:  # the task raised outside any case: nothing to keep
-            return self._lost(unit, "", f"its Dask task failed: {describe(exc, NOTE_CHARS)}")
-        known = self.machines.setdefault(done.machine, {})
-        ceilings = {**known.get("calibration", {}), **done.record.get("calibration", {})}
-        known.update({**done.record, "calibration": ceilings})
-        return done
-
-    def _lost(self, unit: list[list[Case]], machine: str, reason: str) -> UnitDone:
-        self.machines.setdefault(machine, {"key": machine})
-        return UnitDone(machine, {}, [[Lost("error", reason)] * len(g) for g in unit], {})
 
     def _connect(self) -> Client:
         address = self.options.address
@@ -166,14 +241,16 @@ class Dask:
             raise UsageError(f"--workers {self.options.workers}: the local cluster's workers "
                              "would share this machine's GPU; use --workers 1, or a cluster "
                              "with one worker per GPU (docs/scale-out.md)")
-        settings = {"distributed.worker.daemon": False,
-                    "distributed.scheduler.allowed-failures": 1}
-        with dask.config.set(settings):
-            self._cluster = LocalCluster(
-                n_workers=self.options.workers, threads_per_worker=1, processes=True,
-                host="127.0.0.1", resources={"GPU": gpus} if gpus else None,
-                silence_logs=logging.ERROR,
-                dashboard_address="127.0.0.1:8787" if self.options.dashboard else None)
+        # for this process's lifetime: the nanny reads them again when it restarts a worker
+        dask.config.set(LOCAL_SETTINGS)
+        self._cluster = LocalCluster(
+            n_workers=self.options.workers, threads_per_worker=1, processes=True,
+            host="127.0.0.1", resources={"GPU": gpus} if gpus else None,
+            silence_logs=logging.CRITICAL,  # their shutdown is noisy; task errors come back
+            dashboard_address="127.0.0.1:8787" if self.options.dashboard else None,
+            # the scheduler's HTTP routes (health, metrics) listen anyway: on a free port
+            scheduler_kwargs=None if self.options.dashboard else {
+                "dashboard_address": "127.0.0.1:0"})
         return Client(self._cluster, set_as_default=False)
 
     def _check_workers(self) -> dict[str, str]:
@@ -221,8 +298,10 @@ _RECORDS: dict[tuple[str, ...], dict[str, Any]] = {}  # this machine's record, p
 
 
 def run_unit(config: BenchConfig, target: Target, unit: list[list[Case]],
-             sources: tuple[tuple[str, str], ...], profiled: bool) -> UnitDone:
+             sources: tuple[tuple[str, str], ...], profiled: bool, task: str) -> UnitDone:
     """A Dask task: run a size family's groups here, one after the other, and say where."""
+    if multiprocessing.current_process().daemon:
+        raise RuntimeError(f"this Dask worker is a daemonic process: {DAEMON_FIX}")
     config = _with_local_files(config, sources)
     name = unit[0][0].device
     lock = (Lock(f"layerbench-cpu-timing-{machine_key()}") if device(name).kind == "cpu"
@@ -233,6 +312,9 @@ def run_unit(config: BenchConfig, target: Target, unit: list[list[Case]],
         if key not in _EXECUTORS:
             _EXECUTORS[key] = Isolated(config, target)
         execute = _EXECUTORS[key]
+        worker, machine = get_worker(), record["key"]
+        execute.on_case = lambda case: worker.log_event(PROGRESS, {
+            "task": task, "case": list(case.key), "machine": machine, "worker": worker.address})
         with tempfile.TemporaryDirectory(prefix="layerbench-profile-") as tmp:
             root = Path(tmp)
             outcomes = [execute(group, root if profiled else None) for group in unit]

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from reports.outcome import UsageError
 from reports.record import Case
-from suites.config import BenchConfig, ExecutorOptions
+from suites.config import BenchConfig
 from suites.isolation import Target, executor
 
 EXECUTORS = ("local", "dask")
@@ -77,21 +76,3 @@ class Local:
     def describe(self) -> dict[str, Any]:
         return {"name": "local", "text": ""}
 
-
-def open_executor(config: BenchConfig, options: ExecutorOptions, target: Target,
-                  local: dict[str, dict[str, Any]]) -> Executor:
-    """The executor ``options`` name, ready (connected, for Dask). ``local``: this machine's
-    key -> record, for the local executor. ``UsageError`` for an unknown name, a missing
-    optional engine (with its install line) or a scheduler that does not answer."""
-    if options.name not in EXECUTORS:
-        raise UsageError(f"unknown --executor {options.name!r} (choose from "
-                         f"{', '.join(EXECUTORS)})")
-    if options.name == "local":
-        (key,) = local
-        return Local(config, target, key, dict(local))
-    try:
-        from suites.dask_executor import Dask
-    except ImportError as exc:
-        raise UsageError(f"--executor dask needs Dask distributed ({exc.name or exc} is not "
-                         f"installed): {INSTALL['dask']}") from None
-    return Dask(config, options, target)

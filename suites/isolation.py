@@ -150,6 +150,9 @@ class Isolated:
         self._context = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
         self._process: Any = None
         self._conn: Connection | None = None
+        #: told of each case as the worker starts on it (e.g. so that a Dask worker that dies
+        #: leaves word of the case it was running)
+        self.on_case: Callable[[Any], None] | None = None
 
     def __call__(self, group: list[Any], profile_root: Path | None) -> list[Any]:
         results: list[Any] = [None] * len(group)
@@ -187,6 +190,8 @@ class Isolated:
             kind, payload = message
             if kind == "case":
                 current, since = payload, time.perf_counter()
+                if self.on_case is not None:
+                    self.on_case(cases[current])
             elif kind == "idle":
                 spent[payload] += time.perf_counter() - since
                 current = None

@@ -39,15 +39,9 @@ from suites.profiling import (
     quietly,
     trace_name,
 )
+from suites.resolve import choose, choose_devices, custom_size, layer_names, load_impl_files
 from suites.runner import prepared, profile_one
-from suites.session import (
-    choose,
-    choose_devices,
-    custom_size,
-    layer_names,
-    load_impl_files,
-    set_threads,
-)
+from suites.session import set_threads
 
 #: how much longer a call takes under the profiler (shapes, memory and stacks recorded)
 PROFILER_SLOWDOWN = 3

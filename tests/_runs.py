@@ -13,6 +13,7 @@ import numpy as np
 
 from reports.schema import (
     KEY_COLUMNS,
+    MACHINES_FILE,
     SAMPLE_COLUMNS,
     SCHEMA_VERSION,
     CsvAppender,
@@ -50,6 +51,7 @@ class FakeCase:
     compile_s: float = float("nan")
     predicted_s: float = float("nan")
     predicted_call_s: float = float("nan")
+    machine: str = ""  # its machine's key (machines.json); '' = the run's own (meta.json)
 
 
 def noisy(median_s: float, n: int = 30, spread: float = 0.02, seed: int = 0) -> list[float]:
@@ -58,8 +60,11 @@ def noisy(median_s: float, n: int = 30, spread: float = 0.02, seed: int = 0) -> 
     return list(median_s * np.exp(rng.normal(0.0, spread, n)))
 
 
-def fake_run(path: Path, cases: list[FakeCase], **meta: Any) -> Path:
-    """Write ``results.csv``, ``samples.csv`` and ``meta.json`` for ``cases`` under ``path``."""
+def fake_run(path: Path, cases: list[FakeCase], machines: dict[str, Any] | None = None,
+             **meta: Any) -> Path:
+    """Write ``results.csv``, ``samples.csv`` and ``meta.json`` for ``cases`` under ``path``,
+    and ``machines.json`` where ``machines`` (key -> record) is given. A case's speedup is
+    against the builtin of its size on its machine."""
     path.mkdir(parents=True, exist_ok=True)
     params = list(dict.fromkeys(p for c in cases for p in c.params))
     results = CsvAppender(path / "results.csv", result_columns(params))
@@ -67,12 +72,14 @@ def fake_run(path: Path, cases: list[FakeCase], **meta: Any) -> Path:
     medians: dict[tuple[str, ...], float] = {}
     for c in cases:
         if c.seconds and c.impl == "builtin" and c.compile == "none":
-            medians[(c.layer, c.device, c.dtype, c.mode, c.case)] = float(np.median(c.seconds))
+            medians[(c.layer, c.device, c.dtype, c.mode, c.case, c.machine)] = float(
+                np.median(c.seconds))
     for c in cases:
         key = {k: getattr(c, k) for k in KEY_COLUMNS}
         s = np.asarray(c.seconds, dtype=float)
         median = float(np.median(s)) if len(s) else float("nan")
-        builtin = medians.get((c.layer, c.device, c.dtype, c.mode, c.case), float("nan"))
+        builtin = medians.get((c.layer, c.device, c.dtype, c.mode, c.case, c.machine),
+                              float("nan"))
         row = {"run_id": path.name, **key, **{f"p_{k}": v for k, v in c.params.items()},
                "status": c.status, "reason": c.reason, "median_ms": median * 1e3,
                "iqr_ms": float(np.subtract(*np.percentile(s, [75, 25]))) * 1e3 if len(s) else None,
@@ -87,11 +94,13 @@ def fake_run(path: Path, cases: list[FakeCase], **meta: Any) -> Path:
                "grad_max_abs_err": c.grad_rel_err, "grad_rel_err": c.grad_rel_err,
                "rtol": 1e-4, "atol": 1e-4, "predicted_s": c.predicted_s,
                "predicted_call_s": c.predicted_call_s, "threads": 2,
-               "seed": 0}
+               "seed": 0, "machine": c.machine}
         results.append([row])
         samples.append({**key, "sample": i, "seconds": v} for i, v in enumerate(s))
     results.close()
     samples.close()
+    if machines is not None:
+        write_json(path / MACHINES_FILE, machines)
     write_json(path / "meta.json", {
         "schema_version": SCHEMA_VERSION, "run_id": path.name, "command": ["cli.py", "bench"],
         "start_time": "2026-11-25T10:00:00+0000", "end_time": "2026-11-25T10:01:00+0000",
