@@ -69,12 +69,11 @@ class RunOptions:
 @dataclass(frozen=True)
 class ExecutorOptions:
     """Where a run's cases execute (``suites.executors``): ``name`` (local or dask); for Dask,
-    the scheduler's ``address`` (None: a local cluster of ``workers`` worker processes on
-    127.0.0.1) and whether to serve its ``dashboard``."""
+    the scheduler's ``address`` (None: a local cluster of one worker process on 127.0.0.1) and
+    whether to serve its ``dashboard``."""
 
     name: str = "local"
     address: str | None = None
-    workers: int = 1
     dashboard: bool = False
 
 

@@ -52,7 +52,7 @@ PROGRESS = "layerbench-case"  # the event topic of the cases tasks start (see ``
 CONNECT_S = 10.0  # a scheduler that does not answer within this is bad input
 WORKERS_S = 30.0  # ... and so is one that has no worker after this
 NO_WORKER_S = 120.0  # a run whose workers all died gives up their tasks after this long
-POLL_S, CHECK_S = 0.1, 5.0  # how often to look for finished tasks, and for workers
+CHECK_S = 5.0  # how often to look for workers while no task ends
 #: the local cluster's: workers may start the child processes cases run in, a task is retried
 #: once after its worker died, and a dead worker's machine lock is free again within seconds
 LOCAL_SETTINGS = {"distributed.worker.daemon": False, "distributed.scheduler.allowed-failures": 1,
@@ -77,7 +77,8 @@ class UnitDone:
 
 class Dask:
     """Run size families as Dask tasks, on the scheduler at ``options.address`` or on a local
-    cluster of ``options.workers`` worker processes bound to 127.0.0.1."""
+    cluster of one worker process bound to 127.0.0.1 (on one machine, more would not time
+    faster: one CPU case times at a time, and they would share its GPU)."""
 
     def __init__(self, config: BenchConfig, options: ExecutorOptions, target: Target) -> None:
         self.config, self.target, self.options = config, target, options
@@ -87,6 +88,7 @@ class Dask:
         self._sources: tuple[tuple[str, str], ...] = ()
         self._deaths: dict[tuple[str, ...], list[str]] = {}  # case key -> where its worker died
         self._abandoned: set[str] = set()  # keys of tasks given up for want of workers
+        self._ended = threading.Event()  # set as any task ends
         self._client = self._connect()
         try:
             self._workers = self._check_workers()
@@ -98,8 +100,10 @@ class Dask:
         where = self.options.address or "a local cluster on 127.0.0.1"
         retries = self._allowed_failures
         note = "" if retries == 1 else (
-            f"; its scheduler runs a size family whose worker died again {retries} time(s) "
-            "(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=1 for once)")
+            f"; its scheduler gives a task whose worker died {retries} more tries "
+            "(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=1: one)")
+        if self.options.dashboard and self._cluster is not None:
+            note += f"; dashboard {self._cluster.dashboard_link}"
         return {"name": "dask", "scheduler": self._client.scheduler.address,
                 "workers": len(self._workers), "allowed_failures": retries,
                 "text": f"Dask: {where}, {len(self._workers)} worker(s){note}"}
@@ -143,26 +147,26 @@ class Dask:
         """The futures of ``pending`` as they finish (``pending`` may grow meanwhile); after
         ``NO_WORKER_S`` without a single worker (all died, none came back), every one left,
         abandoned: a run never waits for workers that will not come."""
-        alone_since, checked = None, 0.0
+        alone_since = None
         while pending:
             if done := [f for f in pending if f.done()]:
                 alone_since = None
                 yield from done
                 continue
+            self._ended.clear()  # asleep until a task ends: this CPU may be timing cases
+            if any(f.done() for f in pending) or self._ended.wait(CHECK_S):
+                continue
             now = time.monotonic()
-            if now - checked > CHECK_S:
-                checked = now
-                if self._client.scheduler_info(n_workers=-1)["workers"]:
-                    alone_since = None
-                elif alone_since is None:
-                    alone_since = now
-                elif now - alone_since > NO_WORKER_S:
-                    for future in list(pending):
-                        self._abandoned.add(future.key)
-                        future.cancel()
-                        yield future
-                    return
-            time.sleep(POLL_S)
+            if self._client.scheduler_info(n_workers=-1)["workers"]:
+                alone_since = None
+            elif alone_since is None:
+                alone_since = now
+            elif now - alone_since > NO_WORKER_S:
+                for future in list(pending):
+                    self._abandoned.add(future.key)
+                    future.cancel()
+                    yield future
+                return
 
     def _submit(self, unit: list[list[Case]], profile_root: Path | None) -> Any:
         gpu = device(unit[0][0].device).kind != "cpu"
@@ -170,6 +174,7 @@ class Dask:
         future = self._client.submit(run_unit, self.config, self.target, unit, self._sources,
                                      profile_root is not None, key, pure=False, key=key,
                                      resources={"GPU": 1} if gpu else None)
+        future.add_done_callback(lambda _: self._ended.set())
         self._futures.append(future)
         return future
 
@@ -237,14 +242,10 @@ class Dask:
                 raise UsageError(f"--scheduler {address}: no Dask scheduler answered within "
                                  f"{CONNECT_S:g} s ({type(exc).__name__})") from None
         gpus = _local_gpus(self.config)
-        if gpus and self.options.workers > 1:
-            raise UsageError(f"--workers {self.options.workers}: the local cluster's workers "
-                             "would share this machine's GPU; use --workers 1, or a cluster "
-                             "with one worker per GPU (docs/scale-out.md)")
         # for this process's lifetime: the nanny reads them again when it restarts a worker
         dask.config.set(LOCAL_SETTINGS)
         self._cluster = LocalCluster(
-            n_workers=self.options.workers, threads_per_worker=1, processes=True,
+            n_workers=1, threads_per_worker=1, processes=True,
             host="127.0.0.1", resources={"GPU": gpus} if gpus else None,
             silence_logs=logging.CRITICAL,  # their shutdown is noisy; task errors come back
             dashboard_address="127.0.0.1:8787" if self.options.dashboard else None,
@@ -294,7 +295,7 @@ def _local_gpus(config: BenchConfig) -> int:
 # --- on the worker ---------------------------------------------------------------------------
 
 _EXECUTORS: dict[tuple[BenchConfig, int], Isolated] = {}  # per config and worker thread
-_RECORDS: dict[tuple[str, ...], dict[str, Any]] = {}  # this machine's record, per devices
+_RECORDS: dict[tuple[tuple[str, ...], int], dict[str, Any]] = {}  # per devices and threads
 
 
 def run_unit(config: BenchConfig, target: Target, unit: list[list[Case]],
@@ -306,8 +307,12 @@ def run_unit(config: BenchConfig, target: Target, unit: list[list[Case]],
     name = unit[0][0].device
     lock = (Lock(f"layerbench-cpu-timing-{machine_key()}") if device(name).kind == "cpu"
             else contextlib.nullcontext())
+    if config.threads:  # as the cases run: the ceilings are those of this thread count
+        import torch
+
+        torch.set_num_threads(config.threads)
     with lock:  # calibration, too, is timing: inside the lock
-        record = _record(tuple(config.devices), name)
+        record = _record(tuple(config.devices), config.threads, name)
         key = (config, threading.get_ident())
         if key not in _EXECUTORS:
             _EXECUTORS[key] = Isolated(config, target)
@@ -323,10 +328,11 @@ def run_unit(config: BenchConfig, target: Target, unit: list[list[Case]],
     return UnitDone(record["key"], record, outcomes, files)
 
 
-def _record(devices: tuple[str, ...], name: str) -> dict[str, Any]:
-    """This machine's ``machines.json`` record, with the ceilings of ``name`` (measured once
-    per machine and cached on its disk, as ``calibrate`` does)."""
-    record = _RECORDS.setdefault(devices, {**machine_info(list(devices)), "calibration": {}})
+def _record(devices: tuple[str, ...], threads: int, name: str) -> dict[str, Any]:
+    """This machine's ``machines.json`` record, with the ceilings of ``name`` on ``threads``
+    (measured once per machine and cached on its disk, as ``calibrate`` does)."""
+    record = _RECORDS.setdefault((devices, threads), {**machine_info(list(devices)),
+                                                      "calibration": {}})
     if name not in record["calibration"]:
         record["calibration"][name] = calibration.ceilings(name)
     return record

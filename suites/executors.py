@@ -4,8 +4,9 @@ The runner (``suites.runner.run``) hands an executor the run's size groups and g
 outcomes back as it finishes, with the key of the machine it ran on; it judges and records them
 the same way whichever executor ran them. ``Local`` runs the groups one after the other here (in
 this process or a worker process, ``suites.isolation``); ``suites.dask_executor.Dask`` sends
-them to a Dask cluster. Another engine (Ray, a plain SLURM executor) is one more class with the
-same three members.
+them to a Dask cluster. Another engine (Ray, a plain SLURM executor) is one more module with a
+class of the same four members (``machines``, ``results``, ``close``, ``describe``), its name in
+``EXECUTORS`` and a line in ``suites.session.open_executor``.
 """
 
 from __future__ import annotations
