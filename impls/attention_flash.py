@@ -1,4 +1,4 @@
-"""``flash``: attention tiled like FlashAttention, sized for a CPU's caches.
+"""``flash``: attention tiled like FlashAttention, sized for the device's caches.
 
 The plain ``matmul`` implementation writes the whole ``(len_q, len_k)`` score matrix to memory
 and reads it back twice (softmax, product with v); at 1,024 tokens that traffic makes it ~3x
@@ -20,6 +20,10 @@ from impls.registry import register_impl
 #: while the softmax and the product with v reread them, where the whole (len_q, len_k) matrix
 #: goes to memory and back; the fastest of 2**16..2**20 on the default sizes, one thread
 FLASH_TILE = 1 << 18
+#: scores per tile on a GPU: each tile's scores go to device memory either way (this is tensor
+#: code, not a fused kernel, so nothing stays on chip), and every tile costs a few kernel
+#: launches: large tiles (64 MiB of float32 scores) keep the launches few. Not tuned on a GPU.
+FLASH_TILE_GPU = 1 << 24
 #: queries per tile of ``flash`` where the mask varies along them (causal), so each tile can
 #: skip the keys it cannot see; and the fewest otherwise (thinner tiles slow the GEMMs)
 FLASH_BLOCK_Q = 64
@@ -33,13 +37,19 @@ def _part(t: Tensor, dim: int, start: int, end: int) -> Tensor:
     return t if t.shape[dim] == 1 else t.narrow(dim, start, end - start)
 
 
-def _flash_tiles(N: int, n_head: int, len_q: int, len_k: int,
-                 by_query: bool) -> tuple[int, int, int]:
-    """Batch elements, heads and queries per tile: about FLASH_TILE scores in each."""
-    block_q = FLASH_BLOCK_Q if by_query else max(FLASH_BLOCK_Q, FLASH_TILE // len_k)
+def tile_scores(device: torch.device) -> int:
+    """Scores per tile of ``flash`` on ``device``: ``FLASH_TILE`` (a CPU core's L2), or
+    ``FLASH_TILE_GPU`` on an accelerator."""
+    return FLASH_TILE if device.type == "cpu" else FLASH_TILE_GPU
+
+
+def _flash_tiles(N: int, n_head: int, len_q: int, len_k: int, by_query: bool,
+                 tile: int = FLASH_TILE) -> tuple[int, int, int]:
+    """Batch elements, heads and queries per tile: about ``tile`` scores in each."""
+    block_q = FLASH_BLOCK_Q if by_query else max(FLASH_BLOCK_Q, tile // len_k)
     block_q = min(len_q, block_q)
-    heads = min(n_head, max(1, FLASH_TILE // (block_q * len_k)))
-    batch = min(N, max(1, FLASH_TILE // (n_head * block_q * len_k))) if heads == n_head else 1
+    heads = min(n_head, max(1, tile // (block_q * len_k)))
+    batch = min(N, max(1, tile // (n_head * block_q * len_k))) if heads == n_head else 1
     return batch, heads, block_q
 
 
@@ -143,7 +153,7 @@ def _cat(tensors: list[Tensor], dim: int) -> Tensor:
 
 
 def _flash_tiled(q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None, bias: Tensor | None,
-                 scale: float, inplace: bool) -> Tensor:
+                 scale: float, inplace: bool, tile: int = FLASH_TILE) -> Tensor:
     """``attention_flash``'s loop over tiles: ``(N, h, len_q, d_v)``.
 
     ``visible`` and ``bias`` are the mask as ``(N|1, h|1, len_q|1, len_k|1)`` booleans and as
@@ -152,7 +162,7 @@ def _flash_tiled(q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None, bias: 
     N, n_head, len_q, _ = q.shape
     len_k, d_v = k.shape[2], v.shape[-1]
     by_query = visible is not None and visible.shape[2] > 1
-    batch_t, heads_t, block_q = _flash_tiles(N, n_head, len_q, len_k, by_query)
+    batch_t, heads_t, block_q = _flash_tiles(N, n_head, len_q, len_k, by_query, tile)
     ranges = None
     if visible is not None and visible.shape[3] == len_k > 1:
         ranges = _visible_keys(visible, block_q)
@@ -197,9 +207,10 @@ def attention_flash(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
                     temperature: float) -> Tensor:
     """Tiled exact softmax: cache-sized tiles of queries, each against every key it can see.
 
-    FlashAttention's tiling, sized for a CPU: each tile holds about FLASH_TILE scores (a few
-    heads, or a block of queries of one head), computed (1 / temperature folded into the GEMM),
-    masked, softmaxed in place and multiplied by v while in L2 cache; the full
+    FlashAttention's tiling, sized for the device (``tile_scores``: on a CPU, L2-sized): each
+    tile holds about FLASH_TILE scores (a few heads, or a block of queries of one head),
+    computed (1 / temperature folded into the GEMM), masked, softmaxed in place and multiplied
+    by v while in L2 cache; the full
     ``(len_q, len_k)`` matrix never exists. A tile's rows fit whole, so the softmax is exact
     (no running rescale) up to FLASH_BLOCK_K keys; past that the online softmax joins key
     blocks. A tile skips the keys the mask hides from all its queries (causal, padding): their
@@ -218,14 +229,14 @@ def attention_flash(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
     # in place without autograd, except under torch.compile, which plans its own buffers
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     inplace = not (grad or torch.compiler.is_compiling())
-    scale = 1.0 / temperature
-    if N * n_head * len_q * len_k <= FLASH_TILE:  # one tile: no loop
+    scale, tile = 1.0 / temperature, tile_scores(q.device)
+    if N * n_head * len_q * len_k <= tile:  # one tile: no loop
         B = N * n_head
         result = _attend_tile(q.reshape(B, len_q, -1), k.reshape(B, len_k, -1),
                               v.reshape(B, len_k, -1), bias, scale, n_head, inplace)
         result = result.view(N, n_head, len_q, d_v)  # from (N * h, len_q, d_v)
     else:
-        result = _flash_tiled(q, k, v, visible, bias, scale, inplace)
+        result = _flash_tiled(q, k, v, visible, bias, scale, inplace, tile)
     if visible is not None:
         sees = visible.any(-1, keepdim=True)  # (N|1, h|1, len_q|1, 1)
         if not bool(sees.all()):  # a row with every key masked: the mean of all values

@@ -207,7 +207,8 @@ class CudaDevice(Device):
     kind = "cuda"
     event_timing = True
     copy_bytes = 1 << 30
-    threads_meaning = "CPU threads launching the case's kernels"
+    threads_meaning = ("the one CPU thread launching the case's kernels (torch's intra-op "
+                       "threads only compute its CPU-side work)")
 
     def problem(self) -> str:
         if not torch.cuda.is_available():
@@ -276,7 +277,8 @@ class CudaDevice(Device):
 class MpsDevice(Device):
     kind = "mps"
     copy_bytes = 1 << 30
-    threads_meaning = "CPU threads launching the case's kernels"
+    threads_meaning = ("the one CPU thread launching the case's kernels (torch's intra-op "
+                       "threads only compute its CPU-side work)")
 
     def problem(self) -> str:
         if not torch.backends.mps.is_available():

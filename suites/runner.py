@@ -38,7 +38,7 @@ from suites.devices import Device, device, tf32_flags
 from suites.environment import machine_key
 from suites.executors import Executor, Local
 from suites.faults import NOTE_CHARS, classify, describe, exit_reason
-from suites.interference import interference
+from suites.interference import interference, needed_cores
 from suites.isolation import CaseLost, InProcess, Lost
 from suites.profiling import (
     NAIVE_SETTINGS,
@@ -190,7 +190,8 @@ def new_result(case: Case, config: BenchConfig) -> CaseResult:
     rtol, atol = TOLERANCES[tolerance_key(dtype, case.device, libraries)]
     return CaseResult(case, flops=layer.flops(case.size, case.mode),
                       bytes=layer.bytes_moved(case.size, dtype, case.mode), rtol=rtol, atol=atol,
-                      threads=torch.get_num_threads(), seed=config.seed,
+                      threads=needed_cores(torch.get_num_threads(), device(case.device).kind),
+                      seed=config.seed,
                       tf32=device(case.device).uses_tf32(dtype, libraries))
 
 

@@ -15,7 +15,14 @@ import impls.attention as attention_module
 import impls.attention_flash as flash
 from impls import REGISTRY
 from impls.attention import attention_blockwise, make_mask
-from impls.attention_flash import FLASH_BLOCK_K, FLASH_BLOCK_Q, FLASH_TILE, attention_flash
+from impls.attention_flash import (
+    FLASH_BLOCK_K,
+    FLASH_BLOCK_Q,
+    FLASH_TILE,
+    FLASH_TILE_GPU,
+    attention_flash,
+    tile_scores,
+)
 from impls.mha import mha_fused
 from suites.correctness import check
 
@@ -135,6 +142,20 @@ def test_neither_forms_the_full_score_matrix(monkeypatch: pytest.MonkeyPatch) ->
     sizes = [s.numel() for s in _products(monkeypatch, "baddbmm", attention_flash,
                                           *_qkv(N, n_head, len_q, len_q), mask, 2.0)]
     assert sum(sizes) == N * n_head * len_q * len_q * 10 // 16  # 1 + 2 + 3 + 4 key blocks
+
+
+def test_flash_tiles_are_sized_for_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU's tiles fit its L2; elsewhere (a GPU; here the shape-only meta device) tiles are
+    large, so the launches per call stay few: one tile where the CPU takes eight."""
+    N, n_head, len_q, len_k = 1, 4, 512, 1024
+    on = {name: [s.numel() for s in _products(
+        monkeypatch, "baddbmm", attention_flash,
+        *(t.to(name) for t in _qkv(N, n_head, len_q, len_k)), None, 2.0)]
+        for name in ("cpu", "meta")}
+    assert tile_scores(torch.device("cpu")) == FLASH_TILE
+    assert tile_scores(torch.device("cuda")) == FLASH_TILE_GPU > FLASH_TILE
+    assert on["meta"] == [N * n_head * len_q * len_k]
+    assert len(on["cpu"]) == N * n_head * len_q * len_k // FLASH_TILE == 8
 
 
 @pytest.mark.parametrize("path", ["nograd", "autograd", "compiling"])

@@ -70,3 +70,22 @@ def test_a_planted_implementation_that_stalls_now_and_then_is_flagged_unstable()
     assert sleepy.samples is not None and results["builtin"].samples is not None
     assert set(sleepy.samples.rounds) <= set(results["builtin"].samples.rounds)
     assert sleepy.speedup_lo <= sleepy.speedup_vs_builtin <= sleepy.speedup_hi
+
+
+def test_a_gpu_row_counts_the_one_launching_thread_not_the_cpu_pool() -> None:
+    """``threads`` says what computed the case: the CPU's intra-op threads on the CPU, the one
+    thread launching kernels on a GPU (the CPU pool's size does not leak into GPU rows)."""
+    import torch
+
+    from suites.runner import new_result
+
+    config = BenchConfig(layers=("conv",))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        rows = {name: new_result(new_case("conv", "builtin", "none", TINY, name, "float32",
+                                          "fwd"), config).row()["threads"]
+                for name in ("cpu", "cuda", "cuda:1")}
+    finally:
+        torch.set_num_threads(before)
+    assert rows == {"cpu": 2, "cuda": 1, "cuda:1": 1}
