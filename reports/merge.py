@@ -10,7 +10,6 @@ name); which shard, run and machine each row came from stays in ``meta.json["mer
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reports.console import say
+from reports.meta import machine_fingerprint
 from reports.outcome import EXIT_OK, UsageError
 from reports.schema import (
     KEY_COLUMNS,
@@ -32,6 +32,7 @@ from reports.schema import (
     SCHEMA_VERSION,
     CsvAppender,
     RunDataError,
+    complete_rows,
     load_machines,
     load_ops,
     load_run,
@@ -120,15 +121,7 @@ def _part(path: Path) -> Part:
 def _table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """A CSV file's header and complete rows (a line cut short by a power cut is left out);
     empty for a file the run does not have."""
-    if not path.is_file():
-        return [], []
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = [row for row in reader if None not in row and None not in row.values()]
-            return list(reader.fieldnames or []), rows
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise RunDataError(f"{path}: unreadable ({exc})") from None
+    return complete_rows(path) if path.is_file() else ([], [])
 
 
 def _check(parts: list[Part]) -> None:
@@ -156,17 +149,11 @@ def _check(parts: list[Part]) -> None:
     for part in parts:
         for key, record in part.machines.items():
             seen, known = records.setdefault(key, (part, record))
-            if found := _first_difference(_identity(known), _identity(record)):
+            if found := _first_difference(machine_fingerprint(known),
+                                          machine_fingerprint(record)):
                 raise UsageError(f"machine {key!r} names two different machines "
                                  f"({_says(found, seen, part)}): set LAYERBENCH_MACHINE to a "
                                  "distinct name on each machine and run its shards again")
-
-
-def _identity(record: Mapping[str, Any]) -> dict[str, Any]:
-    """What makes two records one machine: host, CPU model and GPU models (one key whose
-    records differ in these is two machines under one name)."""
-    return {"host": record.get("host"), "cpu_model": record.get("cpu_model"),
-            "gpus": sorted(str(g.get("name")) for g in record.get("gpus") or [])}
 
 
 def _disjoint(parts: list[Part], items: Callable[[Part], Iterable[str]], prefix: str) -> None:

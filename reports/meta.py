@@ -131,12 +131,18 @@ def machine_ceilings(machines: Mapping[str, Mapping[str, Any]], meta: Mapping[st
     return dict(own or (meta.get("calibration") or {} if key == machine_key_of(meta) else {}))
 
 
+def machine_fingerprint(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes two ``machines.json`` records one machine: host, CPU model and GPU models
+    (one key whose records differ in these is two machines under one name)."""
+    return {"host": record.get("host"), "cpu_model": record.get("cpu_model"),
+            "gpus": sorted(str(g.get("name")) for g in record.get("gpus") or [])}
+
+
 def machine_identity(machines: Mapping[str, Mapping[str, Any]], key: str) -> tuple[Any, ...]:
     """Which machine ``key`` of a run's ``machines`` is, as comparisons tell machines apart:
-    host, CPU model, GPU names (the key alone where it has no record)."""
-    record = machines.get(key) or {}
-    gpus = tuple(sorted(str(g.get("name")) for g in record.get("gpus") or []))
-    return record.get("host") or key, record.get("cpu_model"), gpus
+    ``machine_fingerprint`` (the key alone where it has no record)."""
+    found = machine_fingerprint(machines.get(key) or {})
+    return found["host"] or key, found["cpu_model"], tuple(found["gpus"])
 
 
 MACHINE_COLUMNS = [

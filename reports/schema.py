@@ -142,6 +142,18 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def complete_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV file's header and complete rows (a line cut short by a power cut is left out);
+    ``RunDataError`` where it cannot be read."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = [row for row in reader if None not in row and None not in row.values()]
+            return list(reader.fieldnames or []), rows
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise RunDataError(f"{path}: unreadable ({exc})") from None
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` atomically (a temporary file renamed into place)."""
     tmp = path.with_suffix(path.suffix + ".tmp")

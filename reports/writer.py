@@ -23,6 +23,7 @@ from reports.schema import (
     SCHEMA_VERSION,
     CsvAppender,
     RunDataError,
+    complete_rows,
     load_machines,
     result_columns,
     write_json,
@@ -135,13 +136,7 @@ def _repaired(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     if data and not data.endswith(b"\n"):
         with path.open("r+b") as f:
             f.truncate(data.rfind(b"\n") + 1)
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = [row for row in reader if None not in row and None not in row.values()]
-            return list(reader.fieldnames or []), rows
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise RunDataError(f"{path}: unreadable ({exc})") from None
+    return complete_rows(path)
 
 
 def _rewrite(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:

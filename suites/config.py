@@ -76,6 +76,11 @@ class ExecutorOptions:
     address: str | None = None
     dashboard: bool = False
 
+    @property
+    def here(self) -> bool:
+        """Whether the cases run on this machine (its devices, its ceilings)."""
+        return self.name == "local"
+
 
 @dataclass(frozen=True)
 class BenchOptions:

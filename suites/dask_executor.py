@@ -48,6 +48,7 @@ from suites.executors import Finished
 from suites.faults import NOTE_CHARS, describe
 from suites.isolation import Isolated, Lost, Target
 
+UNKNOWN = "unknown"  # the machine of cases whose task failed before saying where it ran
 PROGRESS = "layerbench-case"  # the event topic of the cases tasks start (see ``_killed``)
 CONNECT_S = 10.0  # a scheduler that does not answer within this is bad input
 WORKERS_S = 30.0  # ... and so is one that has no worker after this
@@ -105,8 +106,8 @@ class Dask:
         if self.options.dashboard and self._cluster is not None:
             note += f"; dashboard {self._cluster.dashboard_link}"
         return {"name": "dask", "scheduler": self._client.scheduler.address,
-                "workers": len(self._workers), "allowed_failures": retries,
-                "text": f"Dask: {where}, {len(self._workers)} worker(s){note}"}
+                "workers": self._workers, "allowed_failures": retries,
+                "text": f"Dask: {where}, {self._workers} worker(s){note}"}
 
     def results(self, groups: list[list[Case]], profile_root: Path | None,
                 started: Callable[[Case], None]) -> Iterator[Finished]:
@@ -130,8 +131,7 @@ class Dask:
                 done = lost
             except Exception as exc:  # the task failed outside any case: nothing to keep
                 reason = f"its Dask task failed: {describe(exc, NOTE_CHARS)}"
-                done = UnitDone("unknown", {}, [[Lost("error", reason)] * len(g) for g in unit],
-                                {})
+                done = UnitDone(UNKNOWN, {}, [[Lost("error", reason)] * len(g) for g in unit], {})
             self._register(done)
             if profile_root is not None:
                 for name, data in done.files.items():
@@ -199,13 +199,10 @@ class Dask:
         else:
             lost, rest = unit, []
         machine = starts[-1]["machine"] if starts else str(
-            getattr(exc.last_worker, "host", "") or "unknown")
-        outcomes = []
-        for group in lost:
-            outcomes.append([Lost("error", self._death_reason(case, exc)) for case in group])
-        kept = [g for g in lost if g]
-        return (UnitDone(machine, {}, [o for o in outcomes if o], {}, groups=kept),
-                [g for g in rest if g])
+            getattr(exc.last_worker, "host", "") or UNKNOWN)
+        lost = [g for g in lost if g]
+        outcomes = [[Lost("error", self._death_reason(case, exc)) for case in g] for g in lost]
+        return UnitDone(machine, {}, outcomes, {}, groups=lost), [g for g in rest if g]
 
     def _death_reason(self, case: Case, exc: KilledWorker) -> str:
         where = self._deaths.get(case.key)
@@ -254,8 +251,8 @@ class Dask:
                 "dashboard_address": "127.0.0.1:0"})
         return Client(self._cluster, set_as_default=False)
 
-    def _check_workers(self) -> dict[str, str]:
-        """Each worker's address -> machine key; bad input where none joined in time, where
+    def _check_workers(self) -> int:
+        """How many workers the scheduler has; bad input where none joined in time, where
         one cannot start the child processes the cases run in, or where the run has CUDA
         cases and no worker offers a GPU."""
         try:
@@ -272,7 +269,7 @@ class Dask:
             raise UsageError("the run has CUDA cases but no Dask worker offers a GPU: start "
                              "each GPU's worker with --resources GPU=1")
         self._allowed_failures = self._client.run_on_scheduler(_allowed_failures)
-        return {address: f["machine"] for address, f in facts.items()}
+        return len(facts)
 
 
 def _allowed_failures(dask_scheduler: Any) -> int:
@@ -280,8 +277,7 @@ def _allowed_failures(dask_scheduler: Any) -> int:
 
 
 def _worker_facts() -> dict[str, Any]:
-    return {"machine": machine_key(),
-            "daemon": bool(multiprocessing.current_process().daemon)}
+    return {"daemon": bool(multiprocessing.current_process().daemon)}
 
 
 def _local_gpus(config: BenchConfig) -> int:

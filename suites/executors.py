@@ -54,15 +54,16 @@ class Executor(Protocol):
 
 @dataclass
 class Local:
-    """Every group here, one after the other, on the machine described by ``machines``'s one
-    entry (``key``)."""
+    """Every group here, one after the other, on the machine ``machines`` holds (key ->
+    record, one entry)."""
 
     config: BenchConfig
     target: Target
-    key: str
-    machines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    machines: dict[str, dict[str, Any]]
+    key: str = field(init=False)
 
     def __post_init__(self) -> None:
+        (self.key,) = self.machines
         self._execute = executor(self.config, self.target)
 
     def results(self, groups: list[list[Case]], profile_root: Path | None,

@@ -93,9 +93,9 @@ def resolve(options: BenchOptions) -> BenchConfig:
             raise UsageError("--size needs a single layer, not 'all'")
         size = tuple(custom_size(layers[0], options.size).items())
     compile_modes = choose("compile mode", options.compile_modes, COMPILE_MODES)
-    here = options.executor.name == "local"
     return BenchConfig(
-        layers=layers, impls=options.impls, devices=choose_devices(options.devices, here),
+        layers=layers, impls=options.impls,
+        devices=choose_devices(options.devices, options.executor.here),
         dtypes=choose("dtype", options.dtypes, DTYPE_NAMES, everything=DTYPE_NAMES),
         modes=choose("mode", options.modes, MODES, everything=MODES),
         compile_modes=compile_modes, preset=choose("preset", (options.preset,), PRESET_NAMES)[0],

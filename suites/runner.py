@@ -92,7 +92,7 @@ def run(config: BenchConfig, cases: list[Case], sinks: Sequence[Sink],
     # collector's sight, the gc.collect() after each group takes ~1 ms instead of ~100 ms.
     gc.freeze()
     here = machine_key()
-    engine = engine or Local(config, execute_group, here, {here: {"calibration": ceilings}})
+    engine = engine or Local(config, execute_group, {here: {"calibration": ceilings}})
 
     def started(case: Case) -> None:
         for sink in sinks:

@@ -68,8 +68,7 @@ def bench(options: BenchOptions) -> int:
     config = resolve(options)
     cases = planned(config)
     set_threads(config.threads)
-    here = options.executor.name == "local"
-    meta = new_meta(config, calibrated=here)
+    meta = new_meta(config, calibrated=options.executor.here)
     engine = open_executor(config, options.executor, local_machine(meta))
     what = config.layers[0] if len(config.layers) == 1 else "all"
     shard = f"shard{config.shard[0]}of{config.shard[1]}" if config.shard != (1, 1) else ""
@@ -90,7 +89,6 @@ def resume(run_dir: Path, quiet: bool, report: bool,
     """Run the cases of ``run_dir`` that have no result row yet, appending to its files (on
     ``executor``, by default here)."""
     executor = executor or ExecutorOptions()
-    here = executor.name == "local"
     try:
         meta = json.loads((run_dir / "meta.json").read_text(encoding="utf-8"))
         config = config_from_dict(meta["config"])
@@ -98,14 +96,14 @@ def resume(run_dir: Path, quiet: bool, report: bool,
         raise UsageError(f"--resume {run_dir}: no usable meta.json ({exc})") from None
     load_impl_files(config.impl_files)
     for name in config.devices:
-        if (problem := devices.device(name).problem()) and here:
+        if executor.here and (problem := devices.device(name).problem()):
             raise UsageError(f"--resume {run_dir}: {problem}")
     cases = planned(config)
     meta, rows = open_resumed(run_dir, _params(config))
     done = {tuple(r[k] for k in KEY_COLUMNS): r for r in rows}
     todo = [c for c in cases if c.key not in done]
     set_threads(config.threads)
-    fresh = new_meta(config, calibrated=here, described=False)
+    fresh = new_meta(config, calibrated=executor.here, described=False)
     engine = open_executor(config, executor, local_machine({**meta, **fresh}))
     say(f"resuming {run_dir}: {len(rows)} of {len(cases)} cases already done", stderr=True)
     writer = RunWriter(run_dir, _params(config),
@@ -140,9 +138,8 @@ def open_executor(config: BenchConfig, options: ExecutorOptions,
     if options.name not in EXECUTORS:
         raise UsageError(f"unknown --executor {options.name!r} (choose from "
                          f"{', '.join(EXECUTORS)})")
-    if options.name == "local":
-        (key,) = local
-        return Local(config, execute_group, key, dict(local))
+    if options.here:
+        return Local(config, execute_group, dict(local))
     try:
         from suites.dask_executor import Dask
     except ImportError as exc:
